@@ -1,0 +1,57 @@
+"""The image policy of a recipe stage: which preset plans the geometry, and its parameters.
+
+Parameters left as None take the reference model's value for the chosen preset (see
+`mixdata.image.presets.DEFAULTS`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..config import Invalid
+
+Preset = Literal["none", "idefics3", "mm15", "internvl", "llava-next", "qwen2vl"]
+PRESETS: tuple[str, ...] = ("none", "idefics3", "mm15", "internvl", "llava-next", "qwen2vl")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImagePolicy:
+    preset: Preset = "none"
+    # preset "none"
+    resize: Literal["aspect", "naive", "letterbox", "crop"] = "aspect"
+    max_side: int | None = None
+    min_side: int | None = None
+    upscale: bool = False
+    # tiling presets
+    longest_edge: int | None = None      # idefics3
+    tile: int | None = None              # idefics3, mm15, internvl, llava-next
+    min_tiles: int | None = None         # mm15, internvl
+    max_tiles: int | None = None         # mm15, internvl
+    pinpoints: list[list[int]] | None = None  # llava-next grid pinpoints in pixels [[w, h], ...]
+    max_images_to_split: int | None = None    # mm15: do not split samples with this many images
+    min_pixels: int | None = None        # qwen2vl
+    max_pixels: int | None = None        # qwen2vl
+    patch: int | None = None             # qwen2vl rounding unit
+    filter: Literal["lanczos", "bicubic", "bilinear", "box"] | None = None
+    # decoding safety
+    pixel_cap: int = 89_478_485          # header pixels above this are rejected as a bomb
+    max_aspect: float = 20.0             # extreme strips are rejected before decoding
+    # output encoding
+    encode: Literal["jpeg", "png", "webp"] = "jpeg"
+    quality: int = 92
+    # normalisation the loader applies on the device
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        for name in ("max_side", "min_side", "longest_edge", "tile", "min_tiles", "max_tiles",
+                     "min_pixels", "max_pixels", "patch", "pixel_cap"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise Invalid(name, value, "a positive integer")
+        if self.min_tiles and self.max_tiles and self.min_tiles > self.max_tiles:
+            raise Invalid("min_tiles", self.min_tiles, f"at most max_tiles ({self.max_tiles})")
+        if not 1 <= self.quality <= 100:
+            raise Invalid("quality", self.quality, "an integer from 1 to 100")
+        if self.max_aspect < 1:
+            raise Invalid("max_aspect", self.max_aspect, "a ratio of at least 1")

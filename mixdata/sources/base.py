@@ -1,0 +1,63 @@
+"""The source adapter contract.
+
+An adapter reads one public format. It lists its input units (files, tar shards, row groups)
+in a deterministic order, and reads one unit at a time, yielding a `Sample` or a `Reject` for
+every record it reads, so that read = yielded + rejected holds per unit. Constructors do no
+I/O; adapters stream and never hold a whole tar or parquet file in memory.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..errors import Reject
+from ..sample import Sample
+
+
+@dataclass
+class SourceStats:
+    """Counters an adapter keeps while reading; the build merges them per source."""
+
+    read: int = 0
+    yielded: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    retries: int = 0
+
+    def count(self, item: Sample | Reject) -> None:
+        self.read += 1
+        if isinstance(item, Reject):
+            self.rejected[item.reason] += 1
+        else:
+            self.yielded += 1
+
+    def merge(self, other: "SourceStats") -> None:
+        self.read += other.read
+        self.yielded += other.yielded
+        self.rejected.update(other.rejected)
+        self.retries += other.retries
+
+    def to_json(self) -> dict:
+        return {"read": self.read, "yielded": self.yielded,
+                "rejected": dict(sorted(self.rejected.items())), "retries": self.retries}
+
+
+class Source(ABC):
+    """Base class of every adapter. `spec` is the recipe's `SourceSpec`."""
+
+    def __init__(self, spec) -> None:
+        self.spec = spec
+        self.name: str = spec.name
+        self.options = spec.options
+
+    @abstractmethod
+    def units(self) -> list[str]:
+        """Input units in a deterministic order (expanding globs and brace ranges)."""
+
+    @abstractmethod
+    def read(self, unit: str) -> Iterator[Sample | Reject]:
+        """Every record of `unit`, in order: a Sample, or a Reject saying why not."""
+
+    def reject(self, locator: str, reason: str, message: str = "") -> Reject:
+        return Reject(source=self.name, locator=locator, reason=reason, message=message)
