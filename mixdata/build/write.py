@@ -1,0 +1,96 @@
+"""Build phase 3: assemble planned sequences from prepared units and write shards.
+
+A shard is final once renamed into place; a hidden sidecar `.NAME.done.json` (written after
+the rename) records the plan hash it was built from, so a re-run skips it only when the
+plan for it is unchanged. A shard without a sidecar is rewritten: the bytes are identical.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.ipc as ipc
+
+from ..shards import PackedSequence, write_shard
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    out_dir: str
+    name: str
+    plan_hash: str
+    first_index: int
+    sequences: list          # per sequence: [(source, unit cache path, row)]
+    key_prefix: str
+
+
+def sidecar(out_dir: str | Path, name: str) -> Path:
+    return Path(out_dir) / f".{name}.done.json"
+
+
+def finished(task: ShardTask) -> dict | None:
+    done = sidecar(task.out_dir, task.name)
+    if not done.exists() or not (Path(task.out_dir) / task.name).exists():
+        return None
+    info = json.loads(done.read_text())
+    return info if info.get("plan_hash") == task.plan_hash else None
+
+
+class _Tables:
+    """Memory-mapped prepared units, opened once per worker process."""
+
+    def __init__(self):
+        self.tables = {}
+
+    def row(self, path: str, row: int) -> dict:
+        if path not in self.tables:
+            if len(self.tables) > 64:
+                self.tables.clear()
+            self.tables[path] = ipc.open_file(ipc.memory_map(path + ".arrow")).read_all()
+        table = self.tables[path]
+        return {name: table[name][row].as_py() for name in
+                ("sample_id", "ids", "loss", "images", "meta")}
+
+
+_TABLES = _Tables()
+
+
+def assemble(key: str, docs: list[tuple[str, str, int]], sample_ids: list[str] | None = None
+             ) -> PackedSequence:
+    """Concatenate a sequence's documents: tokens, loss, offsets, images in token order."""
+    tokens, loss, offsets, images, doc_meta, image_meta = [], [], [0], [], [], []
+    for doc_index, (source, path, row) in enumerate(docs):
+        r = _TABLES.row(path, row)
+        base = offsets[-1]
+        tokens.append(np.frombuffer(r["ids"], "<i4"))
+        loss.append(np.frombuffer(r["loss"], "u1"))
+        offsets.append(base + len(tokens[-1]))
+        doc_meta.append({"source": source, "id": r["sample_id"]})
+        for data, info in zip(r["images"], json.loads(r["meta"])):
+            images.append((data, info["ext"]))
+            start, end = info["span"]
+            image_meta.append({"plan": info["plan"], "span": [base + start, base + end],
+                               "doc": doc_index})
+    return PackedSequence(key=key, tokens=np.concatenate(tokens).astype(np.int32),
+                          loss=np.concatenate(loss).astype(np.uint8),
+                          docs=np.asarray(offsets, np.int32), images=images,
+                          meta={"docs": doc_meta, "images": image_meta})
+
+
+def write_shard_task(task: ShardTask) -> dict:
+    """Write one shard (skipping it when already final for this plan); returns its info."""
+    done = finished(task)
+    if done is not None:
+        return done["info"]
+    sequences = (assemble(f"{task.key_prefix}{task.first_index + i:09d}", docs)
+                 for i, docs in enumerate(task.sequences))
+    info = write_shard(Path(task.out_dir) / task.name, sequences)
+    info_json = asdict(info) if hasattr(info, "__dataclass_fields__") else dict(info)
+    payload = {"plan_hash": task.plan_hash, "info": info_json}
+    tmp = sidecar(task.out_dir, task.name).with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, sort_keys=True))
+    os.replace(tmp, sidecar(task.out_dir, task.name))
+    return info_json
