@@ -39,18 +39,35 @@ class Executor:
         if self.workers > 1:
             self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
 
-    def map(self, fn, tasks, bar=None):
+    def map(self, fn, tasks, bar=None, phase: str = ""):
         results = map(fn, tasks) if self.pool is None else self.pool.map(fn, tasks)
         out = []
         for result in results:
             out.append(result)
             if bar is not None:
                 bar.update(1)
+            _fault_point(phase)
         return out
 
     def close(self):
         if self.pool is not None:
             self.pool.shutdown()
+
+
+_FAULT_COUNTS: dict[str, int] = {}
+
+
+def _fault_point(phase: str) -> None:
+    """Crash-test hook: MIXDATA_FAULT_AFTER=prepare:3 SIGKILLs the build after 3 prepared
+    units (or write:N after N shards), so tests can prove a re-run recovers exactly."""
+    spec = os.environ.get("MIXDATA_FAULT_AFTER", "")
+    if not spec or not phase or spec.split(":")[0] != phase:
+        return
+    _FAULT_COUNTS[phase] = _FAULT_COUNTS.get(phase, 0) + 1
+    if _FAULT_COUNTS[phase] >= int(spec.split(":")[1]):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _bar(desc: str, total: int | None, progress: bool, unit: str):
@@ -65,6 +82,8 @@ def build_stage(recipe, stage_name: str, out: str | Path | None = None, workers:
                            f"stages: {', '.join(recipe.stages)}")
     out = Path(out) if out is not None else default_out(recipe, stage_name)
     out.mkdir(parents=True, exist_ok=True)
+    for leftover in out.glob("*.tmp-*"):  # partial files of a crashed run; never final names
+        leftover.unlink()
     stage = recipe.stages[stage_name]
     timings, started = {}, time.perf_counter()
     executor = Executor(workers)
@@ -109,7 +128,7 @@ def _prepare(recipe, stage_name: str, cache: Path, executor: Executor, progress:
 
     def run(wanted):
         tasks = [task_for(recipe, stage_name, s, units[s][i], cache) for s, i in wanted]
-        for (s, i), task, result in zip(wanted, tasks, executor.map(prepare_unit, tasks, bar)):
+        for (s, i), task, result in zip(wanted, tasks, executor.map(prepare_unit, tasks, bar, "prepare")):
             stats[s][i] = {**result, "path": task.path}
             costs[s][i] = unit_cost(result, task.path, stage.weight_by)
 
@@ -167,7 +186,7 @@ def _write(recipe, stage_name, out: Path, plan, stats, executor, progress) -> li
         if stale.name not in names:
             stale.unlink()
     bar = _bar("write", len(tasks), progress, "shard")
-    infos = executor.map(write_shard_task, tasks, bar)
+    infos = executor.map(write_shard_task, tasks, bar, "write")
     bar.close()
     return infos
 
