@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Reject
 from ..sample import Sample
+from .io import RetryCounter
 
 
 @dataclass
@@ -50,6 +51,12 @@ class Source(ABC):
         self.spec = spec
         self.name: str = spec.name
         self.options = spec.options
+        self.counter = RetryCounter()  # transient-error retries over every unit this reads
+
+    @property
+    def retries(self) -> int:
+        """Retries so far, across units; the build records it per unit."""
+        return self.counter.retries
 
     @abstractmethod
     def units(self) -> list[str]:
