@@ -1,0 +1,78 @@
+"""Checkpoints: tensors and plain containers only, written atomically, read weights_only.
+
+A stage folder holds `checkpoint.pt` (the latest resumable state: model, optimizer,
+scheduler, step, RNG and loader state) and, once the stage is done, `final.pt` (the model
+weights with LoRA merged, which the next stage starts from).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import MixdataError
+
+CHECKPOINT = "checkpoint.pt"
+FINAL = "final.pt"
+
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """torch.save to a temporary name, fsync, rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_file(path: Path) -> dict:
+    """Load with weights_only=True: tensors and plain containers, never arbitrary pickles."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MixdataError(f"no checkpoint at {path}") from None
+    except Exception as err:  # an unpickling refusal or a truncated file
+        raise MixdataError(f"cannot read checkpoint {path}: {err}") from None
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, loader_state: dict,
+                    extra: dict | None = None) -> None:
+    save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "step": step, "rng": rng_state(),
+                 "loader": loader_state, "extra": extra or {}}, path)
+
+
+def restore_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
+    """Load state into model/optimizer/scheduler and the RNG; returns the whole payload."""
+    payload = load_file(path)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    restore_rng(payload["rng"])
+    return payload
+
+
+def save_weights(path: Path, model, extra: dict | None = None) -> None:
+    save_atomic({"model": model.state_dict(), "extra": extra or {}}, path)
+
+
+def load_weights(path: Path, model) -> dict:
+    payload = load_file(path)
+    model.load_state_dict(payload["model"])
+    return payload

@@ -1,0 +1,205 @@
+"""The trainer's configuration: the recipe's `train:` section, parsed strictly.
+
+```yaml
+train:
+  model: tiny                     # a preset, or {preset: tiny, connector: perceiver, ...}
+  micro_batch: 8                  # sequences per forward pass, per rank
+  checkpoint_every: 100           # optimizer steps between checkpoints
+  stages:                         # one entry per recipe stage; missing stages use defaults
+    sft:
+      trainable: {vision: frozen, connector: full, lm: lora}
+      lora: {rank: 8, alpha: 16}
+      lr: {vision: 1.0e-4, connector: 1.0e-3, lm: 5.0e-4}   # or one number for all
+      warmup: 20                  # optimizer steps of linear warm-up
+      min_lr_ratio: 0.1           # cosine decays to lr * min_lr_ratio
+      budget: {steps: 300}        # or {tokens: 2.0e6} (sequence slots); default one pass
+      batch_tokens: 16384         # global tokens per optimizer step (sequence slots)
+      weight_decay: 0.01
+      eval: {vqa: true, ocr: true, caption: true, max_examples: 200}
+```
+
+Everything has a default, so `train: {model: tiny}` trains every stage of the recipe.
+`batch_tokens` fixes gradient accumulation: micro_batch × seq_len × ranks × accumulation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+from ..config import Invalid, parse
+from ..errors import RecipeError
+
+MODULES = ("vision", "connector", "lm")
+Mode = Literal["frozen", "full", "lora"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Which architecture to build: a size preset and the choices a recipe may override."""
+
+    preset: Literal["tiny", "small", "base"] = "tiny"
+    connector: Literal["pixel_shuffle", "perceiver"] | None = None  # None: the preset's
+    perceiver_latents: int | None = None  # tokens per tile of the perceiver resampler
+    attention: Literal["auto", "sdpa", "flex"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.perceiver_latents is not None and self.perceiver_latents <= 0:
+            raise Invalid("perceiver_latents", self.perceiver_latents, "a positive integer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trainable:
+    vision: Mode = "full"
+    connector: Mode = "full"
+    lm: Mode = "full"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraSpec:
+    rank: int = 8
+    alpha: float = 16.0
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise Invalid("rank", self.rank, "a positive integer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModuleLR:
+    vision: float | None = None
+    connector: float | None = None
+    lm: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepBudget:
+    """How long a stage trains: optimizer steps, or tokens counted as sequence slots."""
+
+    steps: int | None = None
+    tokens: float | None = None
+
+    def __post_init__(self) -> None:
+        given = [(k, v) for k, v in (("steps", self.steps), ("tokens", self.tokens)) if v is not None]
+        if len(given) != 1:
+            raise Invalid("", dict(given), "exactly one of steps, tokens")
+        if given[0][1] <= 0:
+            raise Invalid(given[0][0], given[0][1], "a positive budget")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSpec:
+    vqa: bool = True
+    ocr: bool = True
+    caption: bool = True
+    max_examples: int | None = 200     # per task; None: the whole split
+    ocr_max_new_tokens: int = 24
+    batch_size: int = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageTrain:
+    trainable: Trainable = field(default_factory=Trainable)
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    lr: Union[float, ModuleLR, None] = None   # None: the preset's learning rate
+    warmup: int = 10
+    min_lr_ratio: float = 0.1
+    budget: StepBudget | None = None           # None: one pass over the stage's shards
+    batch_tokens: int | None = None            # None: one micro-batch per rank per step
+    micro_batch: int | None = None             # None: the top-level micro_batch
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = 1.0
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise Invalid("warmup", self.warmup, "a non-negative number of steps")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise Invalid("min_lr_ratio", self.min_lr_ratio, "a number from 0 to 1")
+        if self.batch_tokens is not None and self.batch_tokens <= 0:
+            raise Invalid("batch_tokens", self.batch_tokens, "a positive number of tokens")
+        if self.micro_batch is not None and self.micro_batch <= 0:
+            raise Invalid("micro_batch", self.micro_batch, "a positive integer")
+        if isinstance(self.lr, float) and self.lr <= 0:
+            raise Invalid("lr", self.lr, "a positive learning rate")
+
+    def module_lr(self, module: str, default: float) -> float:
+        if isinstance(self.lr, ModuleLR):
+            value = getattr(self.lr, module)
+            return default if value is None else value
+        return default if self.lr is None else self.lr
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    model: Union[Literal["tiny", "small", "base"], ModelSpec] = "tiny"
+    micro_batch: int = 8
+    checkpoint_every: int = 100
+    seed: int | None = None          # None: the recipe's seed
+    eval_data: str | None = None     # folder with vqa/ocr/captions.jsonl; None: the demo split
+    stages: dict[str, StageTrain] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.micro_batch <= 0:
+            raise Invalid("micro_batch", self.micro_batch, "a positive integer")
+        if self.checkpoint_every <= 0:
+            raise Invalid("checkpoint_every", self.checkpoint_every, "a positive number of steps")
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return self.model if isinstance(self.model, ModelSpec) else ModelSpec(preset=self.model)
+
+    def stage(self, name: str) -> StageTrain:
+        return self.stages.get(name, StageTrain())
+
+
+def parse_train(recipe) -> TrainConfig:
+    """The recipe's `train:` section as a TrainConfig; unknown stages are errors."""
+    config = parse(TrainConfig, recipe.train or {}, "train", recipe.file)
+    for name in config.stages:
+        if name not in recipe.stages:
+            raise RecipeError("", f"train.stages.{name}", name,
+                              "a stage defined under stages: " + ", ".join(recipe.stages),
+                              file=recipe.file)
+    return config
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How one stage turns its budget into optimizer steps."""
+
+    steps: int
+    micro_batch: int
+    accumulation: int
+    world_size: int
+    seq_len: int
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.micro_batch * self.accumulation * self.world_size
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.sequences_per_step * self.seq_len
+
+
+def plan_steps(stage: StageTrain, *, default_micro_batch: int, seq_len: int, world_size: int,
+               available_sequences: int) -> StepPlan:
+    """Accumulation from `batch_tokens`, and the step count from the budget.
+
+    Without a budget the stage makes one pass over its shards: the sequences available,
+    rounded down to whole optimizer steps (at least one).
+    """
+    micro = stage.micro_batch or default_micro_batch
+    per_pass = micro * seq_len * world_size
+    accumulation = 1 if stage.batch_tokens is None else max(1, round(stage.batch_tokens / per_pass))
+    tokens_per_step = per_pass * accumulation
+    if stage.budget is None:
+        steps = max(1, available_sequences // (micro * world_size * accumulation))
+    elif stage.budget.steps is not None:
+        steps = stage.budget.steps
+    else:
+        steps = max(1, math.ceil(stage.budget.tokens / tokens_per_step))
+    return StepPlan(steps=steps, micro_batch=micro, accumulation=accumulation,
+                    world_size=world_size, seq_len=seq_len)

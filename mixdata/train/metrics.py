@@ -1,0 +1,115 @@
+"""Training FLOPs, MFU and the per-step JSONL log.
+
+FLOPs follow the usual 2·params per token per matrix multiply (Kaplan et al., PaLM appendix
+B): a forward pass costs 2·N·tokens, the activation-gradient pass another 2·N·tokens and the
+weight-gradient pass another 2·N·tokens, plus attention's score and value products. A frozen
+module upstream of everything that trains runs forward only, so it is counted at 2·N, not
+6·N: MFU counts the work actually done, vision encoder included.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Dense bf16 peak FLOP/s per GPU (vendor datasheets, without sparsity).
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
+             "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak, or None where it is unknown (and on CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16.items() if key in name), None)
+
+
+def linear_params(module: torch.nn.Module) -> int:
+    """Weights that take part in matrix multiplies (embeddings are lookups, not FLOPs)."""
+    skip = {id(p) for m in module.modules() if isinstance(m, torch.nn.Embedding)
+            for p in m.parameters()}
+    return sum(p.numel() for p in module.parameters() if p.dim() >= 2 and id(p) not in skip)
+
+
+def pass_factor(trains_weights: bool, grads_flow: bool) -> int:
+    """FLOPs per weight per token: forward 2, activation grads 2, weight grads 2."""
+    return 2 + (2 if grads_flow else 0) + (2 if trains_weights else 0)
+
+
+@dataclass(frozen=True)
+class FlopModel:
+    """Per-step FLOPs of the VLM from token and tile counts."""
+
+    vision_params: int
+    vision_dim: int
+    vision_layers: int
+    patches: int               # per view
+    connector_params: int
+    connector_tokens: int      # per view; exact for pixel shuffle, a floor for the perceiver
+    lm_params: int
+    lm_dim: int
+    lm_layers: int
+    vision_factor: int
+    connector_factor: int
+    lm_factor: int
+
+    def step_flops(self, views: int, doc_lengths_sq: float, tokens: int) -> float:
+        """FLOPs of one training step over `tokens` sequence slots and `views` image views.
+
+        `doc_lengths_sq` is Σ len² over packed documents: causal attention within each
+        document costs 2·2·dim·len²/2 per layer forward.
+        """
+        vision_attention = (6 if self.vision_factor > 2 else 2) * 2 * self.vision_layers \
+            * self.vision_dim * self.patches
+        vision = views * self.patches * (self.vision_factor * self.vision_params + vision_attention)
+        connector = views * self.connector_tokens * self.connector_factor * self.connector_params
+        lm = tokens * self.lm_factor * self.lm_params
+        # scores and values have no weights: backward is twice forward whenever grads flow
+        attention_factor = 6 if self.lm_factor > 2 else 2
+        lm += attention_factor * 2 * self.lm_layers * self.lm_dim * doc_lengths_sq / 2
+        return float(vision + connector + lm)
+
+
+def flop_model(model, tile: int) -> FlopModel:
+    """Counts for the model as configured for this stage (requires_grad already set)."""
+    trains = {name: any(p.requires_grad for p in getattr(model, name).parameters())
+              for name in ("vision", "connector", "lm")}
+    full = {name: trains[name] and all(p.requires_grad for p in getattr(model, name).parameters()
+                                       if p.dim() >= 2) for name in trains}
+    # activation gradients flow through a module when it or anything before it trains
+    flows = {"vision": trains["vision"], "connector": trains["vision"] or trains["connector"],
+             "lm": any(trains.values())}
+    grid = model.config.vision.grid(tile)
+    return FlopModel(
+        vision_params=linear_params(model.vision), vision_dim=model.config.vision.dim,
+        vision_layers=model.config.vision.layers, patches=grid * grid,
+        connector_params=linear_params(model.connector),
+        connector_tokens=model.config.connector.tokens_per_tile(grid), lm_params=linear_params(model.lm),
+        lm_dim=model.config.lm.dim, lm_layers=model.config.lm.layers,
+        vision_factor=pass_factor(full["vision"], flows["vision"]),
+        connector_factor=pass_factor(full["connector"], flows["connector"]),
+        lm_factor=pass_factor(full["lm"], flows["lm"]),
+    )
+
+
+class MetricsLog:
+    """Append one JSON line per step; only the process that owns the log writes."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -1,0 +1,86 @@
+"""The vision encoder: a plain pre-norm ViT whose position embeddings follow the tile size.
+
+Position embeddings are learned for a base grid (`base_tile / patch` per side) and resized
+bicubically to any other grid, so one encoder serves a 64 px pre-training tile and a larger
+high-res tile alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisionConfig:
+    patch: int
+    base_tile: int            # the tile size the position embeddings are learned at
+    dim: int
+    layers: int
+    heads: int
+    mlp_ratio: float = 4.0
+
+    @property
+    def base_grid(self) -> int:
+        return self.base_tile // self.patch
+
+    def grid(self, tile: int) -> int:
+        """Patches per side for a tile; the tile must be a multiple of the patch."""
+        if tile % self.patch:
+            raise ValueError(f"tile size {tile} is not a multiple of the vision patch size {self.patch}")
+        return tile // self.patch
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v)  # every patch sees every patch
+        x = x + self.proj(attended.transpose(1, 2).reshape(n, length, dim))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class VisionEncoder(nn.Module):
+    """[N, 3, T, T] normalised float pixels -> [N, (T/patch)^2, dim] patch features."""
+
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embed = nn.Conv2d(3, config.dim, kernel_size=config.patch, stride=config.patch)
+        self.pos_embed = nn.Parameter(torch.randn(1, config.base_grid ** 2, config.dim) * 0.02)
+        self.blocks = nn.ModuleList(VisionBlock(config.dim, config.heads, config.mlp_ratio)
+                                    for _ in range(config.layers))
+        self.norm = nn.LayerNorm(config.dim)
+
+    def position_embeddings(self, grid: int) -> torch.Tensor:
+        base = self.config.base_grid
+        if grid == base:
+            return self.pos_embed
+        square = self.pos_embed.reshape(1, base, base, -1).permute(0, 3, 1, 2)
+        resized = F.interpolate(square.float(), size=(grid, grid), mode="bicubic",
+                                align_corners=False).to(self.pos_embed.dtype)
+        return resized.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        height, width = pixels.shape[-2:]
+        if height != width:
+            raise ValueError(f"vision tiles must be square, got {width}x{height}")
+        grid = self.config.grid(height)
+        x = self.patch_embed(pixels).flatten(2).transpose(1, 2)
+        x = x + self.position_embeddings(grid)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)

@@ -1,0 +1,168 @@
+"""The VLM's invariants: packed documents are isolated, features land in their spans, presets
+and connectors make the advertised number of tokens, LoRA starts as the identity."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mixdata.errors import MixdataError
+from mixdata.train.attention import dense_document_mask, flex_available
+from mixdata.train.batch import Doc, collate
+from mixdata.train.config import ModelSpec
+from mixdata.train.connector import ConnectorConfig
+from mixdata.train.lm import LMConfig
+from mixdata.train.lora import merge_lora, set_mode
+from mixdata.train.model import (PRESETS, VLM, ModelConfig, check_tokens_per_tile, count_parameters,
+                                 model_config, normalise_pixels)
+from mixdata.train.vision import VisionConfig
+
+VOCAB, IMAGE_ID, PAD_ID = 97, 96, 0
+TILE, PER_TILE = 16, 4   # patch 4 -> 4x4 grid, pixel shuffle 2 -> 4 tokens per tile
+
+
+def tiny_config(kind="pixel_shuffle", attention="sdpa") -> ModelConfig:
+    return ModelConfig(
+        vision=VisionConfig(patch=4, base_tile=TILE, dim=32, layers=2, heads=2),
+        connector=ConnectorConfig(kind=kind, shuffle=2, latents=PER_TILE, layers=1, heads=2),
+        lm=LMConfig(dim=32, layers=2, heads=2, ffn=64, vocab_size=VOCAB), attention=attention)
+
+
+def make_doc(rng, length, images=0) -> Doc:
+    ids = rng.integers(1, IMAGE_ID, size=length)
+    views = None
+    if images:
+        start = 2
+        ids[start:start + images * PER_TILE] = IMAGE_ID
+        views = rng.integers(0, 256, size=(images, TILE, TILE, 3), dtype=np.uint8)
+    loss = (rng.random(length) < 0.7).astype(np.uint8)
+    return Doc(ids=ids, loss=loss, views=views)
+
+
+def forward(model, batch):
+    pixels = normalise_pixels(batch["pixel_values"], (0.5,) * 3, (0.5,) * 3)
+    return model(batch["input_ids"], batch["position_ids"], batch["doc_ids"], pixels,
+                 batch["tile_spans"])
+
+
+def collate_rows(rows, length=None):
+    return collate(rows, pad_id=PAD_ID, image_id=IMAGE_ID, tokens_per_tile=PER_TILE, length=length)
+
+
+@pytest.mark.parametrize("kind", ["pixel_shuffle", "perceiver"])
+def test_packed_logits_equal_each_document_alone(kind):
+    torch.manual_seed(0)
+    model = VLM(tiny_config(kind)).eval()
+    rng = np.random.default_rng(1)
+    docs = [make_doc(rng, 11, images=1), make_doc(rng, 7), make_doc(rng, 13, images=2)]
+    packed = collate_rows([docs], length=36)   # 31 real tokens + 5 padding
+    with torch.no_grad():
+        packed_logits = forward(model, packed)[0]
+        offset = 0
+        for doc in docs:
+            alone = forward(model, collate_rows([[doc]]))[0]
+            n = len(doc.ids)
+            torch.testing.assert_close(packed_logits[offset:offset + n], alone, atol=1e-5, rtol=1e-5)
+            offset += n
+    assert torch.isfinite(packed_logits).all()  # padding rows of the mask are never empty
+
+
+def test_mask_never_crosses_documents():
+    doc_ids = torch.tensor([[0, 0, 1, 1, 1, -1]])
+    mask = dense_document_mask(doc_ids)[0, 0]
+    assert mask[3].tolist() == [False, False, True, True, False, False]
+    assert mask[5].tolist() == [False] * 5 + [True]
+    assert not mask.triu(1).any()
+
+
+@pytest.mark.skipif(not flex_available(), reason="this torch has no flex attention")
+def test_flex_attention_matches_masked_sdpa():
+    torch.manual_seed(0)
+    sdpa_model = VLM(tiny_config(attention="sdpa")).eval()
+    flex_model = VLM(tiny_config(attention="flex")).eval()
+    flex_model.load_state_dict(sdpa_model.state_dict())
+    rng = np.random.default_rng(2)
+    batch = collate_rows([[make_doc(rng, 9, 1), make_doc(rng, 12)], [make_doc(rng, 20, 1)]], length=32)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(flex_model, batch), forward(sdpa_model, batch),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_features_are_scattered_into_their_spans():
+    torch.manual_seed(0)
+    model = VLM(tiny_config()).eval()
+    rng = np.random.default_rng(3)
+    doc = make_doc(rng, 12, images=1)
+    batch = collate_rows([[doc]])
+    changed = dict(batch, pixel_values=255 - batch["pixel_values"])
+    with torch.no_grad():
+        a, b = forward(model, batch)[0], forward(model, changed)[0]
+    differs = (a - b).abs().amax(-1) > 1e-6
+    # causal: positions before the image are untouched, the image and everything after change
+    assert not differs[:2].any() and differs[2:].all()
+
+
+def test_presets_make_the_advertised_tokens_and_sizes():
+    tiny = model_config(ModelSpec(preset="tiny"), vocab_size=300)
+    assert tiny.tokens_per_tile(64) == 16
+    assert 2e6 < count_parameters(VLM(tiny)) < 8e6
+    assert model_config(ModelSpec(preset="small"), 300).tokens_per_tile(224) == 64
+    assert model_config(ModelSpec(preset="base"), 300).tokens_per_tile(378) == 81
+    perceiver = model_config(ModelSpec(preset="tiny", connector="perceiver", perceiver_latents=9), 300)
+    assert perceiver.tokens_per_tile(64) == perceiver.tokens_per_tile(128) == 9
+
+
+def test_token_mismatch_names_both_numbers():
+    config = model_config(ModelSpec(preset="tiny"), 300)
+    with pytest.raises(MixdataError, match=r"image_tokens_per_tile is 81.*makes 16 tokens"):
+        check_tokens_per_tile(config, 64, 81, "stage pretrain")
+    with pytest.raises(MixdataError, match="not a multiple"):
+        check_tokens_per_tile(config, 60, 16, "stage pretrain")
+
+
+def test_position_embeddings_interpolate_to_other_tiles():
+    torch.manual_seed(0)
+    model = VLM(tiny_config()).eval()
+    with torch.no_grad():
+        assert model.vision(torch.zeros(2, 3, 24, 24)).shape == (2, 36, 32)
+        assert torch.equal(model.vision.position_embeddings(4), model.vision.pos_embed)
+        # a 6x6 grid is a pixel-shuffle-able larger tile: 9 tokens per tile
+        assert model.image_features(torch.zeros(1, 3, 24, 24)).shape == (1, 9, 32)
+
+
+def test_batch_without_images_still_reaches_every_trainable_parameter():
+    torch.manual_seed(0)
+    model = VLM(tiny_config()).train()
+    batch = collate_rows([[make_doc(np.random.default_rng(4), 10)]])
+    forward(model, batch).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+
+
+def test_lora_starts_as_identity_and_merges_exactly():
+    torch.manual_seed(0)
+    model = VLM(tiny_config()).eval()
+    batch = collate_rows([[make_doc(np.random.default_rng(5), 14, images=1)]])
+    with torch.no_grad():
+        before = forward(model, batch)
+    set_mode(model.lm, "lora", rank=4, alpha=8, seed=0, skip=(model.lm.head,))
+    trainable = [n for n, p in model.lm.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(model, batch), before)
+        for name, param in model.lm.named_parameters():
+            if name.endswith("lora_b"):
+                param.add_(0.05)
+        adapted = forward(model, batch)
+        assert not torch.allclose(adapted, before)
+        assert merge_lora(model.lm) == 2 * (4 + 3)
+        torch.testing.assert_close(forward(model, batch), adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_span_width_mismatch_is_an_error():
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = VLM(dataclasses.replace(config, connector=dataclasses.replace(config.connector, shuffle=1)))
+    batch = collate_rows([[make_doc(np.random.default_rng(6), 12, images=1)]])
+    with pytest.raises(MixdataError, match="makes 16 tokens per tile"):
+        forward(model.eval(), batch)
