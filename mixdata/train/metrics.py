@@ -46,9 +46,9 @@ class FlopModel:
     vision_params: int
     vision_dim: int
     vision_layers: int
-    patches: int               # per view
+    vision_patch: int
+    connector: object          # ConnectorConfig: tokens per view from the patch grid
     connector_params: int
-    connector_tokens: int      # per view; exact for pixel shuffle, a floor for the perceiver
     lm_params: int
     lm_dim: int
     lm_layers: int
@@ -56,16 +56,20 @@ class FlopModel:
     connector_factor: int
     lm_factor: int
 
-    def step_flops(self, views: int, doc_lengths_sq: float, tokens: int) -> float:
-        """FLOPs of one training step over `tokens` sequence slots and `views` image views.
+    def step_flops(self, *, views: int, tile: int, doc_lengths_sq: float, tokens: int) -> float:
+        """FLOPs of one training step over `tokens` real tokens and `views` T×T image views.
 
         `doc_lengths_sq` is Σ len² over packed documents: causal attention within each
-        document costs 2·2·dim·len²/2 per layer forward.
+        document costs 2·2·dim·len²/2 per layer forward. The connector is counted per output
+        token: exact for pixel shuffle, a floor for the perceiver.
         """
+        grid = tile // self.vision_patch
+        patches = grid * grid
         vision_attention = (6 if self.vision_factor > 2 else 2) * 2 * self.vision_layers \
-            * self.vision_dim * self.patches
-        vision = views * self.patches * (self.vision_factor * self.vision_params + vision_attention)
-        connector = views * self.connector_tokens * self.connector_factor * self.connector_params
+            * self.vision_dim * patches
+        vision = views * patches * (self.vision_factor * self.vision_params + vision_attention)
+        connector = (views * self.connector.tokens_per_tile(grid) * self.connector_factor
+                     * self.connector_params)
         lm = tokens * self.lm_factor * self.lm_params
         # scores and values have no weights: backward is twice forward whenever grads flow
         attention_factor = 6 if self.lm_factor > 2 else 2
@@ -73,7 +77,7 @@ class FlopModel:
         return float(vision + connector + lm)
 
 
-def flop_model(model, tile: int) -> FlopModel:
+def flop_model(model) -> FlopModel:
     """Counts for the model as configured for this stage (requires_grad already set)."""
     trains = {name: any(p.requires_grad for p in getattr(model, name).parameters())
               for name in ("vision", "connector", "lm")}
@@ -82,17 +86,30 @@ def flop_model(model, tile: int) -> FlopModel:
     # activation gradients flow through a module when it or anything before it trains
     flows = {"vision": trains["vision"], "connector": trains["vision"] or trains["connector"],
              "lm": any(trains.values())}
-    grid = model.config.vision.grid(tile)
     return FlopModel(
         vision_params=linear_params(model.vision), vision_dim=model.config.vision.dim,
-        vision_layers=model.config.vision.layers, patches=grid * grid,
-        connector_params=linear_params(model.connector),
-        connector_tokens=model.config.connector.tokens_per_tile(grid), lm_params=linear_params(model.lm),
+        vision_layers=model.config.vision.layers, vision_patch=model.config.vision.patch,
+        connector=model.config.connector, connector_params=linear_params(model.connector),
+        lm_params=linear_params(model.lm),
         lm_dim=model.config.lm.dim, lm_layers=model.config.lm.layers,
         vision_factor=pass_factor(full["vision"], flows["vision"]),
         connector_factor=pass_factor(full["connector"], flows["connector"]),
         lm_factor=pass_factor(full["lm"], flows["lm"]),
     )
+
+
+def doc_lengths_squared(doc_ids: torch.Tensor) -> float:
+    """Σ len² over the packed documents of a batch (doc_ids -1 on padding)."""
+    rows, length = doc_ids.shape
+    real = doc_ids >= 0
+    keys = (torch.arange(rows).unsqueeze(1) * length + doc_ids.long())[real]
+    return float((torch.bincount(keys).double() ** 2).sum()) if keys.numel() else 0.0
+
+
+def mfu(flops: float, seconds: float, peak: float | None, world_size: int) -> float | None:
+    if peak is None or seconds <= 0:
+        return None
+    return flops / (seconds * peak * world_size)
 
 
 class MetricsLog:

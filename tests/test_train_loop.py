@@ -1,0 +1,185 @@
+"""The training loop on contract batches: exact resume, loss normalisation across
+accumulation and ranks, zero-supervision errors, stage hand-over, and 2-process DDP (gloo)."""
+import dataclasses
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mixdata.errors import MixdataError
+from mixdata.train.batch import Doc, collate
+from mixdata.train.checkpoint import CHECKPOINT, load_file
+from mixdata.train.config import StageTrain, StepBudget, Trainable, plan_steps
+from mixdata.train.ddp import Dist
+from mixdata.train.loop import StageRun, train_stage
+from mixdata.train.metrics import MetricsLog, read_metrics
+from mixdata.train.stage import finish_stage, start_stage
+from test_train_model import IMAGE_ID, PAD_ID, PER_TILE, TILE, make_doc, tiny_config
+
+SEQ_LEN = 32
+CPU = Dist(0, 1, torch.device("cpu"))
+
+
+class ListBatches:
+    """Cycles over a fixed list of batches; its state is the index of the next one."""
+
+    def __init__(self, batches):
+        self.batches, self.next = batches, 0
+
+    def __iter__(self):
+        while True:
+            batch = self.batches[self.next % len(self.batches)]
+            self.next += 1  # before yielding: the state counts batches handed out
+            yield batch
+
+    def state_dict(self):
+        return {"next": self.next}
+
+    def load_state_dict(self, state):
+        self.next = state["next"]
+
+
+def make_batches(seed, count, rows=2, with_images=True):
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        docs = [[make_doc(rng, 12, images=1 if with_images else 0), make_doc(rng, 14)]
+                for _ in range(rows)]
+        batches.append(collate(docs, pad_id=PAD_ID, image_id=IMAGE_ID, tokens_per_tile=PER_TILE,
+                               length=SEQ_LEN))
+    return batches
+
+
+def run_stage(tmp_path, batches, *, steps=6, micro=2, accumulation=1, stop_after=None,
+              resume=False, ctx=CPU, spec=None, init_from=None, log_name="metrics.jsonl"):
+    spec = spec or StageTrain(budget=StepBudget(steps=steps), warmup=2,
+                              batch_tokens=micro * SEQ_LEN * accumulation * ctx.world_size)
+    plan = plan_steps(spec, default_micro_batch=micro, seq_len=SEQ_LEN, world_size=ctx.world_size,
+                      available_sequences=0)
+    state = start_stage(tiny_config(), spec, plan, seed=7, ctx=ctx, init_from=init_from)
+    run = StageRun(name="s", spec=spec, plan=plan, folder=tmp_path, checkpoint_every=3)
+    data = ListBatches(batches)
+    losses = train_stage(state.model, state.wrapped, state.optimizer, state.scheduler, data, run,
+                         ctx=ctx, log=MetricsLog(tmp_path / log_name if ctx.is_main else None),
+                         resume=resume, stop_after=stop_after, progress=False)
+    return losses, state
+
+
+def test_resume_gives_the_same_losses_as_straight_through(tmp_path):
+    batches = make_batches(0, 8)
+    straight, _ = run_stage(tmp_path / "a", batches)
+    first, _ = run_stage(tmp_path / "b", batches, stop_after=3)
+    second, _ = run_stage(tmp_path / "b", batches, resume=True)
+    assert len(straight) == 6 and first + second == straight
+    assert straight[-1] < straight[0]
+    saved = load_file(tmp_path / "b" / CHECKPOINT)
+    assert saved["step"] == 6 and saved["loader"] == [{"next": 6}]
+
+
+def test_resume_without_checkpoint_restarts_and_metrics_are_complete(tmp_path):
+    batches = make_batches(1, 4)
+    losses, _ = run_stage(tmp_path, batches, steps=3, resume=True)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["loss"] for r in records] == [round(x, 6) for x in losses]
+    for record in records:
+        assert record["tokens_per_s"] > 0 and record["images_per_s"] > 0
+        assert 0 <= record["data_wait"] < 1 and record["mfu"] is None  # no MFU on CPU
+        assert set(record["lr"]) == {"vision", "vision.no_decay", "connector",
+                                     "connector.no_decay", "lm", "lm.no_decay"}
+
+
+def test_loss_is_normalised_over_accumulation(tmp_path):
+    """Two micro-batches of one row accumulate to exactly what one batch of two rows gives."""
+    rows = make_batches(2, 4, rows=2)
+    singles = []
+    for batch in rows:  # split each 2-row batch into two 1-row batches, same documents
+        for r in range(2):
+            singles.append(_row(batch, r))
+    whole, state_whole = run_stage(tmp_path / "w", rows, steps=4, micro=2)
+    split, state_split = run_stage(tmp_path / "s", singles, steps=4, micro=1, accumulation=2)
+    np.testing.assert_allclose(split, whole, rtol=1e-5)
+    for a, b in zip(state_whole.model.parameters(), state_split.model.parameters()):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def _row(batch, r):
+    keep = batch["tile_spans"][:, 0] == r
+    views_before = int((batch["tile_spans"][:, 0] < r).sum())
+    spans = batch["tile_spans"][keep].clone()
+    spans[:, 0] = 0
+    return {**{k: batch[k][r:r + 1] for k in ("input_ids", "labels", "position_ids", "doc_ids")},
+            "pixel_values": batch["pixel_values"][views_before:views_before + int(keep.sum())],
+            "tile_spans": spans, "num_tokens": int((batch["doc_ids"][r] >= 0).sum()),
+            "num_images": int(keep.sum())}
+
+
+def test_a_step_without_supervised_tokens_raises(tmp_path):
+    batch = make_batches(3, 1)[0]
+    silent = dict(batch, labels=torch.full_like(batch["labels"], -100))
+    with pytest.raises(MixdataError, match="no supervised token"):
+        run_stage(tmp_path, [silent], steps=1)
+
+
+def test_next_stage_starts_from_the_merged_final_weights(tmp_path):
+    batches = make_batches(4, 3)
+    lora = StageTrain(budget=StepBudget(steps=2), warmup=0,
+                      trainable=Trainable(vision="frozen", connector="full", lm="lora"))
+    _, state = run_stage(tmp_path / "one", batches, spec=lora)
+    final = finish_stage(state, tmp_path / "one", CPU, extra={})
+    merged = state.model.state_dict()
+    assert not any("lora" in name for name in merged)
+    spec = StageTrain(budget=StepBudget(steps=1))
+    plan = plan_steps(spec, default_micro_batch=2, seq_len=SEQ_LEN, world_size=1, available_sequences=0)
+    following = start_stage(tiny_config(), spec, plan, seed=8, ctx=CPU, init_from=final)
+    for name, tensor in following.model.state_dict().items():
+        assert torch.equal(tensor, merged[name]), name
+    fresh = start_stage(tiny_config(), spec, plan, seed=8, ctx=CPU, init_from=None)
+    assert not torch.equal(fresh.model.lm.blocks[0].attn.q.weight, merged["lm.blocks.0.attn.q.weight"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank, port, tmp, batches, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        ctx = Dist(rank, 2, torch.device("cpu"))
+        mine = batches[rank::2]
+        losses, state = run_stage(tmp, mine, steps=3, micro=1, ctx=ctx)
+        queue.put((rank, losses, [p.detach().numpy().copy() for p in state.model.parameters()]))  # by value
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_one_process_with_accumulation(tmp_path):
+    """Rank r takes batches r, r+2, ...; one process accumulating both must agree. Rank 1's
+    batches carry no image, which must not hang DDP."""
+    with_images = make_batches(5, 3, rows=1)
+    without = make_batches(6, 3, rows=1, with_images=False)
+    interleaved = [b for pair in zip(with_images, without) for b in pair]
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    port = _free_port()
+    procs = [context.Process(target=_ddp_worker, args=(r, port, tmp_path, interleaved, queue))
+             for r in range(2)]
+    for proc in procs:
+        proc.start()
+    results = dict((rank, (losses, params)) for rank, losses, params in
+                   (queue.get() for _ in procs))
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    single, state = run_stage(tmp_path / "single", interleaved, steps=3, micro=1, accumulation=2)
+    assert results[0][0] == results[1][0]
+    np.testing.assert_allclose(results[0][0], single, rtol=1e-5)
+    for a, b in zip(results[0][1], state.model.parameters()):
+        np.testing.assert_allclose(a, b.detach().numpy(), atol=2e-5, rtol=1e-4)
