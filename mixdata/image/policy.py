@@ -21,7 +21,7 @@ class ImagePolicy:
     resize: Literal["aspect", "naive", "letterbox", "crop"] = "aspect"
     max_side: int | None = None
     min_side: int | None = None
-    upscale: bool = False
+    upscale: bool | None = None          # None: the preset's reference behaviour
     # tiling presets
     longest_edge: int | None = None      # idefics3
     tile: int | None = None              # idefics3, mm15, internvl, llava-next
