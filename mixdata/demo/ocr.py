@@ -1,0 +1,84 @@
+"""OCR kinds of the demo corpus: a pdfa-eng-wds tar, a folder of raw PDFs, a RenderedText tar.
+
+Pages and images carry ~9-10 px text: legible to a model only at the high-resolution stage.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import content, pages
+from .files import KindReport, TarBuilder, broken_image, broken_slots, json_bytes, png_bytes, \
+    write_bytes
+
+RENDERED_SIZE = (256, 128)
+
+
+def _document_pages(rng: np.random.Generator) -> list[list[str]]:
+    return [pages.text_page_lines(rng) for _ in range(int(rng.integers(2, 4)))]
+
+
+def write_pdfa(root: Path, count: int, rng: np.random.Generator) -> KindReport:
+    """`pdfa/pdfa-eng-train-0000.tar`: `KEY.pdf` + `KEY.json` with 7-digit keys."""
+    report = KindReport()
+    defects = broken_slots(rng, count, ["not_a_pdf", "missing_json"])
+    page_count = 0
+    with TarBuilder(root / "pdfa" / "pdfa-eng-train-0000.tar") as tar:
+        for index in range(count):
+            key, defect = f"{index:07d}", defects.get(index)
+            data, annotation = pages.make_pdf(_document_pages(rng), rng)
+            if defect == "not_a_pdf":
+                data = pages.garbage_pdf(rng)
+            else:
+                page_count += len(annotation)
+            tar.add(f"{key}.pdf", data)
+            if defect != "missing_json":
+                tar.add(f"{key}.json", json_bytes({"pages": annotation}))
+            report.add(defect)
+    report.extra["pages"] = page_count
+    return report
+
+
+def write_pdf(root: Path, count: int, rng: np.random.Generator) -> KindReport:
+    """`pdf/doc-NNNN.pdf` (multi-page, text layer) plus broken ones: encrypted, zero pages,
+    garbage. `doc-0001.pdf` ends with a scanned page (no text layer), counted under
+    `extra.pages_without_text`; the document itself is valid."""
+    report = KindReport()
+    folder = root / "pdf"
+    broken = {"encrypted": pages.encrypted_pdf(content.sentence(rng), "demo-password"),
+              "zero_pages": pages.zero_page_pdf(), "not_a_pdf": pages.garbage_pdf(rng)}
+    page_count = 0
+    for index in range(max(2, count - len(broken))):
+        scan = png_bytes(content.draw_scene(content.random_scene(rng, 2), rng)) \
+            if index == 1 else None
+        data, annotation = pages.make_pdf(_document_pages(rng), rng, scan_page=scan)
+        write_bytes(folder / f"doc-{index:04d}.pdf", data)
+        page_count += len(annotation)
+        report.add()
+    for defect, data in broken.items():
+        write_bytes(folder / f"{defect.replace('_', '-')}.pdf", data)
+        report.add(defect)
+    report.extra.update(pages=page_count, pages_without_text=1)
+    return report
+
+
+def write_renderedtext(root: Path, count: int, rng: np.random.Generator) -> KindReport:
+    """`renderedtext/renderedtext-0000.tar`: `KEY.png` + `KEY.json` holding
+    `{"ocr_annotation": {"text": [lines]}}`."""
+    report = KindReport()
+    defects = broken_slots(rng, count, ["image_broken", "missing_field"])
+    with TarBuilder(root / "renderedtext" / "renderedtext-0000.tar") as tar:
+        for index in range(count):
+            key, defect = f"{index:07d}", defects.get(index)
+            lines = [content.sentence(rng) for _ in range(int(rng.integers(2, 6)))]
+            image = png_bytes(content.render_lines(lines, RENDERED_SIZE, rng))
+            annotation = {"ocr_annotation": {"text": lines}, "image_size": list(RENDERED_SIZE)}
+            if defect == "image_broken":
+                image = broken_image(rng)
+            elif defect == "missing_field":
+                del annotation["ocr_annotation"]
+            tar.add(f"{key}.png", image)
+            tar.add(f"{key}.json", json_bytes(annotation))
+            report.add(defect)
+    return report
