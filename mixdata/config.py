@@ -48,7 +48,7 @@ def describe(tp: Any) -> str:
 
 
 _SCALAR_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-                 Any: "any value"}
+                 Any: "any value", dict: "a mapping", list: "a list"}
 
 
 def _join(key: str, sub: str | int) -> str:
@@ -67,6 +67,10 @@ class _Parser:
     def value(self, tp: Any, data: Any, key: str) -> Any:
         origin = get_origin(tp)
         if tp is Any:
+            return data
+        if tp in (dict, list):  # bare containers: contents are checked by whoever reads them
+            if not isinstance(data, tp):
+                raise self.fail(key, data, describe(tp))
             return data
         if dataclasses.is_dataclass(tp):
             return self.dataclass(tp, data, key)
