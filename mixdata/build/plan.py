@@ -109,8 +109,9 @@ def plan_stage(stage, docs: dict[str, SourceDocs], *, seq_len: int, seed: int) -
                  else np.ones(len(index[s]), np.int64)) for s in shares}
     mix = schedule(shares, costs, budget=budget, max_epochs=stage.max_epochs, seed=seed)
     picks = [(p.source, int(index[p.source][p.index])) for p in mix.picks]
+    group = {s: k for k, s in enumerate(shares)}  # pack keeps each source's share per window
     items = [PackItem(length=int(docs[s].length[i]), images=int(docs[s].images[i]),
-                      views=int(docs[s].views[i])) for s, i in picks]
+                      views=int(docs[s].views[i]), group=group[s]) for s, i in picks]
     bins = pack(items, seq_len, max_images=stage.pack.max_images,
                 max_views=stage.pack.max_tiles, window=stage.pack.window)
     if stage.budget is not None and stage.budget.unit == "sequences":
