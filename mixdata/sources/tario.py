@@ -10,7 +10,7 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Iterator
 
-from webdataset.tariterators import base_plus_ext, tar_file_iterator
+from webdataset.tariterators import base_plus_ext
 
 from ..errors import MixdataError
 from .io import RetryCounter, open_binary
@@ -42,8 +42,9 @@ def iter_tar_groups(url: str, counter: RetryCounter | None = None
     """Yield `(key, {ext: bytes}, locator)` for every sample of the tar at `url`, in order.
 
     `locator` is `url:key`, the form rejects use to name a tar record. A truncated or corrupt
-    tar raises `MixdataError` naming the file and the last key read; groups before it have
-    already been yielded.
+    tar (including one cut at a member boundary, which Python's tarfile reads as a clean end)
+    raises `MixdataError` naming the file and the last key read; groups before it have already
+    been yielded.
     """
     last = None
     with open_binary(url, counter) as stream:
@@ -56,6 +57,33 @@ def iter_tar_groups(url: str, counter: RetryCounter | None = None
             raise MixdataError(f"{url}: unreadable tar{after} ({type(err).__name__}: {err})") from err
 
 
+class _EndAwareTarInfo(tarfile.TarInfo):
+    """Marks the archive when its end-of-archive block (all zeros) is read.
+
+    Python's tarfile also ends iteration silently on a missing or partial header, which is what
+    a tar cut short at a member boundary looks like; the mark tells the two apart.
+    """
+
+    @classmethod
+    def fromtarfile(cls, archive):
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.EOFHeaderError:
+            archive.saw_end_marker = True
+            raise
+
+
 def _members(stream) -> Iterator[tuple[str, bytes]]:
-    for member in tar_file_iterator(stream):
-        yield member["fname"], member["data"]
+    """(name, bytes) of each regular member, one at a time.
+
+    webdataset's `tar_file_iterator` does the same but cannot detect a truncated tar, so this
+    reads the stream itself, skipping `__meta__` names as webdataset does.
+    """
+    archive = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_EndAwareTarInfo)
+    archive.saw_end_marker = False
+    for info in archive:
+        if info.isreg() and not info.name.startswith("__"):
+            yield info.name, archive.extractfile(info).read()
+        archive.members = []  # stream mode: do not keep every header in memory
+    if not archive.saw_end_marker:
+        raise tarfile.ReadError("no end-of-archive marker: the tar is truncated")

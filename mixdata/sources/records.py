@@ -1,0 +1,182 @@
+"""Helpers shared by the record-oriented adapters (interleaved, caption, ...).
+
+- `RecordSource`: a `Source` with a retry counter, image resolution that turns a miss into
+  the reject reason `image_missing`, and `guard` that turns `RecordRejected` into a `Reject`;
+  `TarRecordSource` reads tars sample by sample through `tario`.
+- Parquet read one row group at a time, with row groups as units (`path#rg=3`) and row
+  numbers counted from the start of the file, so ids do not depend on how units are split.
+- JSON-lines read line by line from plain or compressed text.
+- `score_fields`: the numeric quality/safety columns a source already has.
+"""
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import re
+from abc import abstractmethod
+from collections.abc import Callable, Iterator
+
+import pyarrow.parquet as pq
+
+from ..errors import MixdataError, RecordRejected, Reject
+from ..sample import ImagePart, Sample
+from .base import Source
+from .io import RetryCounter, expand, open_binary, open_text
+from .resolve import resolve_image
+from .tario import iter_tar_groups
+
+_RG = "#rg="
+_EXTENSIONS = re.compile(r"(\.(tar|parquet|jsonl|json|tsv|csv|txt|gz|zst))+$")
+# Columns that hold a model's judgement of a record: LAION's punsafe/pwatermark/similarity,
+# DataComp's clip_*_similarity_score, OmniCorpus' *_prob, aesthetic scores.
+_SCORE_NAME = re.compile(r"^(punsafe|pwatermark|similarity|matched_sim|aesthetic.*|.*_prob|"
+                         r".*similarity.*|.*_score)$", re.IGNORECASE)
+
+
+class RecordSource(Source):
+    """Base of adapters that map one input record to one Sample."""
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        self.counter = RetryCounter()
+
+    @property
+    def retries(self) -> int:
+        return self.counter.retries
+
+    def guard(self, locator: str, build: Callable[[], Sample]) -> Sample | Reject:
+        """`build()`'s Sample, or a Reject carrying the reason it raised."""
+        try:
+            return build()
+        except RecordRejected as err:
+            return self.reject(locator, err.reason, err.message)
+
+    def loader(self, folder: str) -> Callable[[object, dict], ImagePart]:
+        """`load_image` bound to the folder relative references resolve against."""
+        return lambda refs, meta: self.load_image(refs, folder, meta)
+
+    def load_image(self, refs: str | list[str], base_dir: str, meta: dict) -> ImagePart:
+        """Resolve the first reference that exists (mirror, path or URL) into image bytes.
+
+        Raises RecordRejected `image_missing` when none resolves. `meta` keeps only set values.
+        """
+        errors = []
+        for ref in [refs] if isinstance(refs, str) else refs:
+            try:
+                data = resolve_image(ref, self.options, base_dir, self.counter)
+            except FileNotFoundError as err:
+                errors.append(str(err))
+                continue
+            return ImagePart(data=data, meta={k: v for k, v in meta.items() if v is not None})
+        raise RecordRejected("image_missing", "; ".join(errors) or "no image reference")
+
+
+class TarRecordSource(RecordSource):
+    """Adapters whose records are WebDataset samples: units are tars, one sample per key."""
+
+    def units(self) -> list[str]:
+        return expand(self.spec.uri)
+
+    def read(self, unit: str) -> Iterator[Sample | Reject]:
+        stem = file_stem(unit)
+        for key, members, locator in iter_tar_groups(unit, self.counter):
+            yield self.guard(locator, lambda: self.record_sample(members, f"{stem}-{key}", locator))
+
+    @abstractmethod
+    def record_sample(self, members: dict[str, bytes], sample_id: str, locator: str) -> Sample:
+        """One tar sample (`{ext: bytes}`) -> Sample, or RecordRejected."""
+
+
+def base_dir(url: str) -> str:
+    return posixpath.dirname(url.split(_RG, 1)[0])
+
+
+def file_stem(url: str) -> str:
+    """`.../train-00001.jsonl.gz#rg=2` -> `train-00001`: the prefix of a stable sample id."""
+    return _EXTENSIONS.sub("", posixpath.basename(url.split(_RG, 1)[0]))
+
+
+def parse_json(value, field: str):
+    """A JSON string (or an already-decoded value) -> Python; RecordRejected `bad_json`."""
+    if not isinstance(value, (str, bytes)):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as err:
+        raise RecordRejected("bad_json", f"{field}: {err}") from None
+
+
+def require(record: dict, field: str):
+    """`record[field]`, or RecordRejected `missing_field` when absent or null."""
+    value = record.get(field)
+    if value is None:
+        raise RecordRejected("missing_field", f"no {field!r}")
+    return value
+
+
+def score_fields(record: dict) -> dict[str, float]:
+    """The finite numeric score columns of `record` (see `_SCORE_NAME`)."""
+    out = {}
+    for name, value in record.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and _SCORE_NAME.match(name) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+def parquet_units(paths: list[str], counter: RetryCounter | None = None) -> list[str]:
+    """One unit per row group: `path#rg=i` (reads only each file's footer)."""
+    units = []
+    for path in paths:
+        with open_binary(path, counter) as fh:
+            try:
+                groups = pq.ParquetFile(fh).num_row_groups
+            except Exception as err:  # pyarrow raises ArrowInvalid and OSError variants
+                raise MixdataError(f"{path}: not a readable parquet file ({err})") from err
+        units.extend(f"{path}{_RG}{i}" for i in range(groups))
+    return units
+
+
+def parquet_rows(unit: str, counter: RetryCounter | None = None,
+                 columns: list[str] | None = None) -> Iterator[tuple[int, dict]]:
+    """`(row number within the file, row dict)` for one row-group unit, streamed in batches.
+
+    `columns` missing from the file are left out, so the adapter can reject per row.
+    """
+    path, group = split_unit(unit)
+    with open_binary(path, counter) as fh:
+        parquet = pq.ParquetFile(fh)
+        first = sum(parquet.metadata.row_group(i).num_rows for i in range(group))
+        present = None if columns is None else \
+            [c for c in columns if c in parquet.schema_arrow.names]
+        row = first
+        for batch in parquet.iter_batches(batch_size=256, row_groups=[group], columns=present):
+            for record in batch.to_pylist():
+                yield row, record
+                row += 1
+
+
+def split_unit(unit: str) -> tuple[str, int]:
+    if _RG not in unit:
+        raise MixdataError(f"{unit}: expected a parquet row-group unit 'path{_RG}N'")
+    path, group = unit.rsplit(_RG, 1)
+    return path, int(group)
+
+
+def jsonl_records(url: str, counter: RetryCounter | None = None
+                  ) -> Iterator[tuple[int, dict | RecordRejected]]:
+    """`(1-based line number, object or RecordRejected)` for each non-blank line."""
+    with open_text(url, counter) as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as err:
+                yield number, RecordRejected("bad_json", str(err))
+                continue
+            if not isinstance(value, dict):
+                yield number, RecordRejected("bad_json", f"expected an object, got {type(value).__name__}")
+                continue
+            yield number, value
