@@ -132,6 +132,9 @@ class _Parser:
         deepest = max(errors, key=lambda e: len(e.key))
         if deepest.key != key:
             raise deepest  # a nested field failed: its message is the precise one
+        others = [o for o in options if o is not type(None)]
+        if len(others) == 1 and dataclasses.is_dataclass(others[0]):
+            raise deepest  # its own check (e.g. __post_init__) says more than its type
         raise self.fail(key, data, describe(tp))
 
     def sequence(self, tp: Any, data: Any, key: str) -> Any:
