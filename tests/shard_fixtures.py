@@ -1,24 +1,29 @@
 """Tiny built stages for shard and loader tests: synthetic packed sequences with real JPEGs.
 
-Token ids: 0-255 are text, then the specials below. An image is laid out as the image step
-does: per view a marker and `TOKENS_PER_TILE` placeholders, a newline after each grid row.
+Token ids: 0-255 are text bytes, then the specials (`<pad>`, `<s>`, `</s>`, then every name
+of `mixdata.image.special_tokens()`). Each image goes through the real image step
+(`mixdata.image.process`) and is laid out with `mixdata.image.layout`, as the build does.
 """
 from __future__ import annotations
 
 import io
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from mixdata.image import ImagePolicy, layout, process, special_tokens
 from mixdata.shards import PackedSequence, write_manifest, write_shard
 
-SEQ_LEN = 96
-TILE = 16
+SEQ_LEN = 128
 TOKENS_PER_TILE = 4
-SPECIAL_IDS = {"<pad>": 256, "<image>": 257, "<s>": 258, "</s>": 259, "<view>": 260}
-PAD, IMAGE, MARKER, NEWLINE = 256, 257, 260, 10
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+POLICY = ImagePolicy(preset="idefics3", longest_edge=32, tile=16, mean=(0.5, 0.5, 0.5),
+                     std=(0.25, 0.25, 0.25))
+TILE = POLICY.tile
+SPECIAL_IDS = {name: 256 + i for i, name in
+               enumerate(["<pad>", "<s>", "</s>", *special_tokens()])}
+PAD, IMAGE = SPECIAL_IDS["<pad>"], SPECIAL_IDS["<image>"]
 
 
 def jpeg_bytes(rng: np.random.Generator, width: int, height: int) -> bytes:
@@ -28,34 +33,20 @@ def jpeg_bytes(rng: np.random.Generator, width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-def image_plan(rows: int, cols: int) -> dict:
-    """An ImagePlan.to_json() of an idefics3-style grid with the global view after."""
-    tiled = rows * cols > 1
-    return {"resized_size": [cols * TILE, rows * TILE], "rows": rows, "cols": cols,
-            "tile": TILE, "global_view": "after" if tiled else "none",
-            "num_tiles": rows * cols if tiled else 0, "num_views": rows * cols + tiled}
-
-
-def image_tokens(plan: dict) -> list[int]:
-    view = [MARKER] + [IMAGE] * TOKENS_PER_TILE
-    if plan["num_tiles"] == 0:
-        return view
-    grid = []
-    for _ in range(plan["rows"]):
-        grid += view * plan["cols"] + [NEWLINE]
-    return grid + view
+def image_tokens(plan) -> list[int]:
+    return [10 if symbol == "\n" else SPECIAL_IDS[symbol]
+            for symbol in layout(plan, TOKENS_PER_TILE)]
 
 
 def _document(rng, budget: int, with_image: bool):
-    """(ids, loss, images [(bytes, ext, plan, start, end)]) of one document within budget."""
+    """(ids, loss, images [(ProcessedImage, start, end)]) of one document within budget."""
     ids, loss, images = [], [], []
     if with_image:
-        rows, cols = (1, 2) if rng.random() < 0.5 else (1, 1)
-        plan = image_plan(rows, cols)
-        span = image_tokens(plan)
+        width, height = (int(v) for v in rng.integers(8, 48, size=2))
+        processed = process(jpeg_bytes(rng, width, height), POLICY)
+        span = image_tokens(processed.plan)
         if len(span) + 2 <= budget:
-            width, height = plan["resized_size"]
-            images.append((jpeg_bytes(rng, width, height), "jpg", plan, 0, len(span)))
+            images.append((processed, 0, len(span)))
             ids += span
             loss += [0] * len(span)
     text = int(rng.integers(1, max(2, budget - len(ids))))
@@ -74,9 +65,10 @@ def fixture_sequence(rng: np.random.Generator, key: str, image_rate: float = 0.6
             break
         ids, mask, doc_images = _document(rng, budget, rng.random() < image_rate)
         base = len(tokens)
-        for data, ext, plan, start, end in doc_images:
-            images.append((data, ext))
-            image_meta.append({"plan": plan, "span": [base + start, base + end], "doc": doc})
+        for processed, start, end in doc_images:
+            images.append((processed.data, processed.ext))
+            image_meta.append({"plan": processed.plan.to_json(),
+                               "span": [base + start, base + end], "doc": doc})
         tokens += ids
         loss += mask
         offsets.append(len(tokens))
@@ -92,8 +84,8 @@ def fixture_manifest(shard_infos: list, seed: int) -> dict:
         "image_tokens_per_tile": TOKENS_PER_TILE,
         "tokenizer": {"identity": "fixture", "sha256": "0" * 64, "vocab_size": 261,
                       "special_ids": dict(SPECIAL_IDS)},
-        "image_policy": {"preset": "idefics3", "tile": TILE, "mean": list(MEAN),
-                         "std": list(STD)},
+        "image_policy": {k: list(v) if isinstance(v, tuple) else v
+                         for k, v in asdict(POLICY).items()},
         "shards": [{"name": i.name, "samples": i.samples, "tokens": i.tokens,
                     "images": i.images, "bytes": i.bytes, "sha256": i.sha256}
                    for i in shard_infos],
