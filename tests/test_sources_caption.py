@@ -215,3 +215,16 @@ def test_failed_rows_and_stats_cores():
     assert stats_failures({"count": 3, "successes": 1, "failed_to_download": 2,
                            "failed_to_resize": 0}) == [("failed_to_download", 2),
                                                        ("failed_to_resize", 0)]
+
+
+def test_demo_caption_shards_account_for_failed_rows(tmp_path):
+    pretrain = pytest.importorskip("mixdata.demo.pretrain")
+    from mixdata.demo.files import rng_for
+
+    report = pretrain.write_caption(tmp_path, 40, rng_for("caption")).to_json()
+    samples, rejects, items = read_all(spec("img2dataset", str(tmp_path / "caption/*.tar")))
+    assert len(items) == report["records"] + report["failed_rows"]
+    reasons = [r.reason for r in rejects]
+    assert reasons.count("download_failed") == report["failed_rows"]
+    assert reasons.count("missing_field") == report["malformed"]["missing_caption"]
+    assert len(samples) == report["records"] - report["malformed"]["missing_caption"]
