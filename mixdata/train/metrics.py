@@ -28,10 +28,17 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def linear_params(module: torch.nn.Module) -> int:
-    """Weights that take part in matrix multiplies (embeddings are lookups, not FLOPs)."""
-    skip = {id(p) for m in module.modules() if isinstance(m, torch.nn.Embedding)
-            for p in m.parameters()}
-    return sum(p.numel() for p in module.parameters() if p.dim() >= 2 and id(p) not in skip)
+    """Weights that take part in matrix multiplies: linear and conv layers (an LM head tied
+    to the embeddings counts, the embedding lookup does not) and LoRA adapters."""
+    from .lora import LoRALinear
+
+    total = 0
+    for layer in module.modules():
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            total += layer.weight.numel()
+        elif isinstance(layer, LoRALinear):
+            total += layer.lora_a.numel() + layer.lora_b.numel()
+    return total
 
 
 def pass_factor(trains_weights: bool, grads_flow: bool) -> int:

@@ -1,0 +1,157 @@
+"""Held-out evaluation: VQA accuracy, OCR exact match and caption loss.
+
+Every example is rendered exactly as training data is (`mixdata.tokens.render` with the
+stage's image policy), so eval measures what the stage taught, not a prompt mismatch.
+- VQA: each choice is the assistant answer of an SFT prompt (image + question); the choice
+  whose answer tokens (and the closing `<|end|>`) have the highest log-likelihood wins.
+  Chance is the mean of 1 / len(choices).
+- OCR: exact match under greedy decoding. Greedy decoding emits the answer and then
+  `<|end|>` exactly when, with the answer fed in, the arg-max at every answer position is the
+  next answer token; so one teacher-forced pass decides the match (`greedy_decode` shows the
+  text, and a test checks that the two agree).
+- Captions: mean cross-entropy per caption token given the image.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MixdataError
+from ..image.policy import ImagePolicy
+from ..sample import ImagePart, Sample, TextPart
+from .batch import Doc, collate
+from .loop import model_inputs, to_device
+from .model import IGNORE
+
+SPLITS = {"vqa": "vqa.jsonl", "ocr": "ocr.jsonl", "caption": "captions.jsonl"}
+
+
+@dataclass(frozen=True)
+class EvalSetup:
+    """What rendering and scoring need besides the model."""
+
+    tokenizer: object
+    policy: ImagePolicy
+    tokens_per_tile: int
+    seq_len: int
+    device: torch.device
+    batch_size: int = 16
+
+
+def read_split(root: Path, task: str, limit: int | None) -> list[dict]:
+    path = Path(root) / SPLITS[task]
+    if not path.exists():
+        raise MixdataError(f"eval split {path} is missing")
+    with open(path) as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return rows[:limit] if limit is not None else rows
+
+
+def render_example(setup: EvalSetup, image: bytes, texts: list[tuple[str, str | None]],
+                   kind: str) -> Doc:
+    """One image followed by text parts ((text, role) pairs) -> a Doc with its views."""
+    from ..image import cut_tiles, process
+    from ..tokens import render
+
+    processed = process(image, setup.policy, images_in_sample=1)
+    parts = [ImagePart(data=processed.data)] + [TextPart(text=t, role=r) for t, r in texts]
+    sample = Sample(id="eval", source="eval", kind=kind, parts=parts, meta={})
+    docs = render(sample, [processed.plan], setup.tokenizer, tokens_per_tile=setup.tokens_per_tile,
+                  seq_len=setup.seq_len, loss="all", on_overflow="reject")
+    return Doc(ids=docs[0].ids, loss=docs[0].loss, views=cut_tiles(processed.data, processed.plan))
+
+
+def sft_doc(setup: EvalSetup, root: Path, row: dict, answer: str) -> Doc:
+    image = (Path(root) / row["image"]).read_bytes()
+    return render_example(setup, image, [(row["question"], "user"), (answer, "assistant")], "sft")
+
+
+@torch.no_grad()
+def score_docs(model, setup: EvalSetup, docs: list[Doc]) -> list[tuple[float, int, bool]]:
+    """Per doc: (sum of log-probs of its supervised targets, their count, all arg-max hits)."""
+    model.eval()
+    out = []
+    tok = setup.tokenizer
+    for first in range(0, len(docs), setup.batch_size):
+        chunk = docs[first:first + setup.batch_size]
+        batch = collate([[d] for d in chunk], pad_id=tok.pad_id, image_id=tok.image_id,
+                        tokens_per_tile=setup.tokens_per_tile)
+        moved = to_device(batch, setup.device, setup.policy.mean, setup.policy.std)
+        logits = model(*model_inputs(moved)).float()
+        labels = moved["labels"]
+        supervised = labels != IGNORE
+        logprobs = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        hits = (logits.argmax(-1) == labels) | ~supervised
+        for row in range(len(chunk)):
+            out.append((float(logprobs[row][supervised[row]].sum()), int(supervised[row].sum()),
+                        bool(hits[row].all())))
+    return out
+
+
+def eval_vqa(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
+    docs, owners = [], []
+    for index, row in enumerate(rows):
+        for choice in row["choices"]:
+            docs.append(sft_doc(setup, root, row, choice))
+            owners.append(index)
+    scores = score_docs(model, setup, docs)
+    correct, cursor = 0, 0
+    for row in rows:
+        candidates = scores[cursor:cursor + len(row["choices"])]
+        cursor += len(row["choices"])
+        best = max(range(len(candidates)), key=lambda i: candidates[i][0])
+        correct += row["choices"][best] == row["answer"]
+    chance = sum(1 / len(r["choices"]) for r in rows) / len(rows)
+    return {"accuracy": correct / len(rows), "chance": chance, "n": len(rows)}
+
+
+def eval_ocr(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
+    scores = score_docs(model, setup, [sft_doc(setup, root, r, r["answer"]) for r in rows])
+    return {"exact_match": sum(hit for _, _, hit in scores) / len(rows), "n": len(rows)}
+
+
+def eval_captions(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
+    docs = [render_example(setup, (Path(root) / r["image"]).read_bytes(), [(r["caption"], None)],
+                           "caption") for r in rows]
+    scores = score_docs(model, setup, docs)
+    total = sum(n for _, n, _ in scores)
+    return {"loss": -sum(lp for lp, _, _ in scores) / total, "n": len(rows)}
+
+
+def evaluate(model, setup: EvalSetup, root: Path, *, tasks=("vqa", "ocr", "caption"),
+             limit: int | None = None) -> dict:
+    """Run the asked tasks on the split under `root`; returns {task: metrics}."""
+    runners = {"vqa": eval_vqa, "ocr": eval_ocr, "caption": eval_captions}
+    return {task: runners[task](model, setup, root, read_split(root, task, limit)) for task in tasks}
+
+
+@torch.no_grad()
+def greedy_decode(model, setup: EvalSetup, prompt: Doc, max_new_tokens: int) -> list[int]:
+    """Arg-max continuation of `prompt` until `<|end|>`, `</s>` or the token limit."""
+    from ..tokens.tokenizer import END
+
+    tok = setup.tokenizer
+    stops = {tok.special_id(END), tok.eos_id}
+    ids = list(prompt.ids)
+    generated: list[int] = []
+    for _ in range(max_new_tokens):
+        doc = Doc(ids=np.asarray(ids), loss=np.zeros(len(ids), np.uint8), views=prompt.views)
+        batch = collate([[doc]], pad_id=tok.pad_id, image_id=tok.image_id,
+                        tokens_per_tile=setup.tokens_per_tile)
+        moved = to_device(batch, setup.device, setup.policy.mean, setup.policy.std)
+        token = int(model(*model_inputs(moved))[0, -1].argmax())
+        generated.append(token)
+        if token in stops:
+            break
+        ids.append(token)
+    return generated
+
+
+def prompt_of(doc: Doc) -> Doc:
+    """The tokens before the first supervised one: what a model is given to answer."""
+    first = int(doc.loss.argmax())
+    return Doc(ids=doc.ids[:first], loss=doc.loss[:first], views=doc.views)

@@ -1,0 +1,119 @@
+"""Eval on a real (tiny) held-out split written by the demo generator: metrics in range,
+chance right, greedy decoding and the teacher-forced exact match agree, table and JSON."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mixdata.demo.evalset import write_eval
+from mixdata.image import ImagePolicy
+from mixdata.tokens import load_tokenizer
+from mixdata.tokens.tokenizer import END
+from mixdata.train.batch import collate
+from mixdata.train.evaluate import (EvalSetup, evaluate, greedy_decode, prompt_of, read_split,
+                                    score_docs, sft_doc)
+from mixdata.train.loop import model_inputs, to_device
+from mixdata.train.model import token_losses
+from mixdata.train.report import format_table, record_eval
+from mixdata.train.stage import init_model
+from test_train_model import PER_TILE, TILE, tiny_config
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalsplit")
+    write_eval(root, scenes=3, words=3, rng=np.random.default_rng(0))
+    return root / "eval"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tokenizer = load_tokenizer("bytes")
+    return EvalSetup(tokenizer=tokenizer, policy=ImagePolicy(preset="none", max_side=TILE),
+                     tokens_per_tile=PER_TILE, seq_len=256, device=torch.device("cpu"), batch_size=4)
+
+
+def device_batch(setup, doc):
+    batch = collate([[doc]], pad_id=setup.tokenizer.pad_id, image_id=setup.tokenizer.image_id,
+                    tokens_per_tile=PER_TILE)
+    return to_device(batch, setup.device, setup.policy.mean, setup.policy.std)
+
+
+def byte_model(setup):
+    config = tiny_config()
+    config = dataclasses.replace(config, lm=dataclasses.replace(
+        config.lm, vocab_size=setup.tokenizer.vocab_size))
+    return init_model(config, seed=0)
+
+
+def test_metrics_are_in_range_and_chance_is_exact(split, setup):
+    results = evaluate(byte_model(setup), setup, split)
+    rows = read_split(split, "vqa", None)
+    assert results["vqa"]["n"] == len(rows) == 6
+    assert results["vqa"]["chance"] == pytest.approx(np.mean([1 / len(r["choices"]) for r in rows]))
+    assert 0 <= results["vqa"]["accuracy"] <= 1
+    assert results["ocr"] == {"exact_match": 0.0, "n": 3}  # an untrained model reads nothing
+    # uniform guessing over ~280 byte ids costs ~ln(280); an untrained model is near that
+    assert 3 < results["caption"]["loss"] < 8
+
+
+def test_vqa_picks_the_choice_with_the_highest_likelihood(split, setup):
+    model = byte_model(setup)
+    row = read_split(split, "vqa", 1)[0]
+    scores = score_docs(model, setup, [sft_doc(setup, split, row, c) for c in row["choices"]])
+    favourite = row["choices"][int(np.argmax([s[0] for s in scores]))]
+    forced = dict(row, answer=favourite)
+    (split.parent / "one").mkdir(exist_ok=True)
+    (split.parent / "one" / "vqa.jsonl").write_text(json.dumps(forced) + "\n")
+    (split.parent / "one" / "images").mkdir(exist_ok=True)
+    image = split / row["image"]
+    (split.parent / "one" / row["image"]).write_bytes(image.read_bytes())
+    assert evaluate(model, setup, split.parent / "one", tasks=("vqa",))["vqa"]["accuracy"] == 1.0
+
+
+def test_score_matches_the_training_loss(split, setup):
+    model = byte_model(setup).eval()
+    row = read_split(split, "ocr", 1)[0]
+    doc = sft_doc(setup, split, row, row["answer"])
+    logprob, count, _ = score_docs(model, setup, [doc])[0]
+    batch = device_batch(setup, doc)
+    with torch.no_grad():
+        summed, n = token_losses(model(*model_inputs(batch)), batch["labels"])
+    assert n == count == len(row["answer"]) + 1  # the answer bytes and <|end|>
+    assert -logprob == pytest.approx(float(summed), rel=1e-5)
+
+
+def test_greedy_decoding_agrees_with_teacher_forced_exact_match(split, setup):
+    """Overfit one OCR example so greedy decoding reads it; the other stays unread."""
+    model = byte_model(setup)
+    rows = read_split(split, "ocr", None)
+    docs = [sft_doc(setup, split, r, r["answer"]) for r in rows]
+    batch = device_batch(setup, docs[0])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        model.train()
+        summed, n = token_losses(model(*model_inputs(batch)), batch["labels"])
+        (summed / n).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    hits = [hit for _, _, hit in score_docs(model, setup, docs)]
+    end = setup.tokenizer.special_id(END)
+    for doc, row, hit in zip(docs, rows, hits):
+        generated = greedy_decode(model, setup, prompt_of(doc), max_new_tokens=16)
+        decoded = generated[:-1] if generated and generated[-1] == end else None
+        reads = decoded is not None and setup.tokenizer.decode(decoded) == row["answer"]
+        assert reads == hit
+    assert hits[0] and not all(hits)
+
+
+def test_table_and_json(tmp_path):
+    record_eval(tmp_path, "pretrain", {"vqa": {"accuracy": 0.25, "chance": 0.24, "n": 4},
+                                       "caption": {"loss": 2.5, "n": 4}})
+    record_eval(tmp_path, "sft", {"vqa": {"accuracy": 0.75, "chance": 0.24, "n": 4},
+                                  "ocr": {"exact_match": 0.5, "n": 2}})
+    table = json.loads((tmp_path / "eval.json").read_text())
+    assert list(table) == ["pretrain", "sft"]
+    text = format_table(table)
+    assert "0.750" in text and "2.500" in text and text.splitlines()[2].split()[3] == "-"
