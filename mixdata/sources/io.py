@@ -124,6 +124,20 @@ class RetryingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    # Parquet readers need random access (the footer is at the end); fsspec handles of known
+    # size can seek, and a reopen after a failure lands at `pos` again.
+    def seekable(self) -> bool:
+        return self._fh.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset, whence = self.pos + offset, io.SEEK_SET
+        self.pos = with_retries(lambda: self._fh.seek(offset, whence), self.counter, self.attempts)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
     def readinto(self, buffer) -> int:
         def attempt():
             try:
