@@ -250,3 +250,40 @@ def test_demo_interleaved_files_read_with_their_reported_defects(tmp_path):
     # a broken image is kept here: its bytes are rejected later, by the image step
     assert len(samples) == report["valid"] + report["malformed"]["image_broken"]
     assert all(s.texts and s.images for s in samples)
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """Serve `tmp_path/www` on loopback for the duration of one test."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_obelics_row_groups_over_http_match_the_local_read(http_root, tmp_path):
+    root, base = http_root
+    (root / "img").mkdir()
+    for name, data in IMAGES.items():
+        (root / "img" / name).write_bytes(data)
+    # images referenced by paths relative to the parquet's folder, as the demo corpus does
+    rows = [dict(row, images=[i and i.replace("http://example.com/", "") for i in row["images"]])
+            if row["images"] else row for row in OBELICS_ROWS]
+    _obelics_file(root, rows, name="remote.parquet")
+    local = read_all(spec("obelics", root / "remote.parquet"))[2]
+    remote = read_all(spec("obelics", f"{base}/remote.parquet"))[2]
+    assert len(remote) == len(OBELICS_ROWS)
+    assert [getattr(i, "reason", None) for i in remote] == [getattr(i, "reason", None) for i in local]
+    assert [getattr(i, "id", None) for i in remote] == [getattr(i, "id", None) for i in local]
+    assert layout(remote[1], IMAGES) == ["T:Hello there.", "I:b.jpg", "I:c.png"]
