@@ -168,13 +168,28 @@ def test_mmc4_places_images_before_matched_sentences(tmp_path, name):
     assert layout(samples[0], IMAGES) == ["I:a.png", "T:Sentence zero.", "T:Sentence one.",
                                           "I:b.jpg", "T:Sentence two."]
     assert samples[0].id == "docs-1" and samples[0].meta["url"] == "http://example.com/m0"
-    assert samples[0].meta["scores"] == {"matched_sim": [0.31, 0.28], "could_have_url_duplicate": 0.0}
+    # per-image scores follow the images' order in the document
+    assert samples[0].meta["scores"] == {"matched_sim": [0.28, 0.31], "could_have_url_duplicate": 0.0}
     assert samples[0].images[0].meta == {"url": _url("a.png"), "matched_text_index": 0,
                                          "matched_sim": 0.28, "faces": 1}
     assert layout(samples[1], IMAGES) == ["T:Just text, no images."]
     assert samples[1].id == "docs-7"  # line 7: the blank line 4 is not a record
     assert [(r.locator.rsplit("=", 1)[1], r.reason) for r in rejects] == [
         ("2", "bad_json"), ("3", "missing_field"), ("5", "bad_index"), ("6", "image_missing")]
+
+
+def test_missing_images_can_be_dropped_instead_of_rejecting_the_document(tmp_path):
+    obelics = _obelics_file(tmp_path, [dict(OBELICS_ROWS[1], images=["", _url("gone.jpg"),
+                                                                       _url("c.png")])])
+    samples, rejects, _ = read_all(spec("obelics", obelics, images_root=str(_mirror(tmp_path)),
+                                        missing_images="drop"))
+    assert not rejects and layout(samples[0], IMAGES) == ["T:Hello there.", "I:c.png"]
+    assert samples[0].meta["images_dropped"] == 1
+    images = tmp_path / "mirror"
+    mmc4 = _mmc4_file(tmp_path / "m.jsonl", [MMC4_DOCS[4]])
+    samples, rejects, _ = read_all(spec("mmc4", mmc4, images_root=str(images),
+                                        missing_images="drop"))
+    assert layout(samples[0], IMAGES) == ["T:s"] and samples[0].meta["images_dropped"] == 1
 
 
 def test_mmc4_images_relative_to_the_jsonl_folder_by_default(tmp_path):
@@ -231,9 +246,11 @@ def test_pure_cores_work_without_io():
 
     parts, _ = obelics_parts({"images": [None, "u"], "texts": ["t", ""]}, load)
     assert [type(p).__name__ for p in parts] == ["TextPart", "ImagePart"]
-    parts, scores = mmc4_parts({"text_list": ["a"], "image_info": [
+    parts, meta = mmc4_parts({"text_list": ["a"], "image_info": [
         {"image_name": "n", "matched_text_index": 0, "matched_sim": 0.5}]}, load)
-    assert parts[0].data == b"n" and scores == {"matched_sim": [0.5]}
+    assert parts[0].data == b"n" and meta == {"scores": {"matched_sim": [0.5]}}
+    parts, meta = obelics_parts({"images": ["u", None], "texts": [None, "t"]}, lambda r, m: None)
+    assert [p.text for p in parts] == ["t"] and meta == {"scores": {}, "images_dropped": 1}
     parts, meta = wds_interleaved_parts({"1.text.txt": b"b", "0.text.txt": b"a"})
     assert [p.text for p in parts] == ["a", "b"] and meta == {}
 

@@ -1,8 +1,9 @@
 """Interleaved web documents: OBELICS / OmniCorpus parquet, MMC4 jsonl, WebDataset m4 tars.
 
-Each format has a pure core that turns one record into ordered parts, given a `load_image`
-callable (reference, meta) -> ImagePart that raises RecordRejected when the image is missing;
-the adapter classes only stream records and resolve images.
+Each format has a pure core that turns one record into (ordered parts, sample meta), given a
+`load_image` callable (reference, meta) -> ImagePart that raises RecordRejected when the image
+is missing, or returns None to drop it (`missing_images: drop`); the adapter classes only
+stream records and resolve images.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .io import expand
 from .records import (RecordSource, TarRecordSource, base_dir, file_stem, jsonl_records,
                       parquet_rows, parquet_units, parse_json, require, score_fields)
 
-LoadImage = Callable[[object, dict], ImagePart]
+LoadImage = Callable[[object, dict], ImagePart | None]
 OBELICS_COLUMNS = ["images", "texts", "metadata", "general_metadata"]
 # OBELICS keys per image (metadata dicts) -> ImagePart.meta keys; OmniCorpus says width/height.
 _IMAGE_META = {"alt_text": "alt_text", "original_width": "original_width",
@@ -45,7 +46,7 @@ def _per_image_metadata(metadata, n_positions: int, image_positions: list[int]) 
 
 
 def obelics_parts(row: dict, load_image: LoadImage) -> tuple[list[Part], dict]:
-    """One OBELICS/OmniCorpus row -> (parts in document order, per-image scores)."""
+    """One OBELICS/OmniCorpus row -> (parts in document order, {scores, images_dropped})."""
     images, texts = require(row, "images"), require(row, "texts")
     if len(images) != len(texts):
         raise RecordRejected("mismatched_lists", f"{len(images)} images vs {len(texts)} texts")
@@ -56,33 +57,38 @@ def obelics_parts(row: dict, load_image: LoadImage) -> tuple[list[Part], dict]:
     metadata = _per_image_metadata(parse_json(row.get("metadata"), "metadata"), len(images),
                                    positions)
     image_meta = {i: {**_image_meta(m), "url": images[i]} for i, m in zip(positions, metadata)}
-    parts: list[Part] = []
+    parts: list[Part | None] = []
     for i, (img, txt) in enumerate(zip(images, texts)):
         if img:
             parts.append(load_image(img, image_meta[i]))
         elif txt:
             parts.append(TextPart(text=txt))
-    scores = _collect_scores(image_meta[i] for i in positions)
-    return parts, scores
+    return _kept(parts)
 
 
-def _collect_scores(metas) -> dict[str, list[float]]:
-    """Per-image score lists: a filter range then holds for every image of the document."""
+def _kept(parts: list[Part | None]) -> tuple[list[Part], dict]:
+    """Drop the images `load_image` gave up on; per-image score lists of the kept ones, so a
+    filter range then holds for every image of the document."""
+    kept = [p for p in parts if p is not None]
     scores: dict[str, list[float]] = {}
-    for meta in metas:
-        for name, value in score_fields(meta).items():
-            scores.setdefault(name, []).append(value)
-    return scores
+    for part in kept:
+        if isinstance(part, ImagePart):
+            for name, value in score_fields(part.meta).items():
+                scores.setdefault(name, []).append(value)
+    meta: dict = {"scores": scores}
+    if len(kept) < len(parts):
+        meta["images_dropped"] = len(parts) - len(kept)
+    return kept, meta
 
 
 def mmc4_parts(doc: dict, load_image: LoadImage) -> tuple[list[Part], dict]:
-    """One MMC4 document -> (parts, scores); each image goes just before its matched sentence."""
+    """One MMC4 document -> (parts, {scores, images_dropped}); each image goes just before its
+    matched sentence."""
     sentences = require(doc, "text_list")
     infos = require(doc, "image_info")
     if not isinstance(sentences, list) or not isinstance(infos, list):
         raise RecordRejected("missing_field", "text_list and image_info must be lists")
-    before: dict[int, list[ImagePart]] = {}
-    sims = []
+    before: dict[int, list[ImagePart | None]] = {}
     for info in infos:
         index = info.get("matched_text_index") if isinstance(info, dict) else None
         if not isinstance(index, int) or not 0 <= index < len(sentences):
@@ -94,17 +100,16 @@ def mmc4_parts(doc: dict, load_image: LoadImage) -> tuple[list[Part], dict]:
                 "matched_sim": info.get("matched_sim"),
                 "faces": len(faces) if isinstance(faces, list) else None}
         before.setdefault(index, []).append(load_image(name, meta))
-        if isinstance(info.get("matched_sim"), (int, float)):
-            sims.append(float(info["matched_sim"]))
-    parts: list[Part] = []
+    parts: list[Part | None] = []
     for i, sentence in enumerate(sentences):
         parts.extend(before.get(i, []))
         if sentence:
             parts.append(TextPart(text=sentence))
-    scores = {"matched_sim": sims}
+    kept, meta = _kept(parts)
+    meta["scores"].setdefault("matched_sim", [])
     if doc.get("could_have_url_duplicate") is not None:
-        scores["could_have_url_duplicate"] = float(bool(doc["could_have_url_duplicate"]))
-    return parts, scores
+        meta["scores"]["could_have_url_duplicate"] = float(bool(doc["could_have_url_duplicate"]))
+    return kept, meta
 
 
 def wds_interleaved_parts(members: dict[str, bytes]) -> tuple[list[Part], dict]:
@@ -148,12 +153,12 @@ class ObelicsSource(RecordSource):
             yield self.guard(locator, lambda: self._sample(record, f"{stem}-{row}", locator, load))
 
     def _sample(self, record: dict, sample_id: str, locator: str, load) -> Sample:
-        parts, scores = obelics_parts(record, load)
+        parts, meta = obelics_parts(record, load)
         general = parse_json(record.get("general_metadata"), "general_metadata") or {}
         if not isinstance(general, dict):
             raise RecordRejected("bad_json", "general_metadata is not an object")
-        meta = {"url": general.get("url"), "scores": {**score_fields(general), **scores}}
-        return _document(self.name, sample_id, locator, parts, meta)
+        meta["scores"] = {**score_fields(general), **meta["scores"]}
+        return _document(self.name, sample_id, locator, parts, {"url": general.get("url"), **meta})
 
 
 class Mmc4Source(RecordSource):
@@ -163,22 +168,22 @@ class Mmc4Source(RecordSource):
         return expand(self.spec.uri)
 
     def read(self, unit: str) -> Iterator[Sample | Reject]:
-        stem, folder = file_stem(unit), base_dir(unit)
+        stem, load = file_stem(unit), self.loader(base_dir(unit))
         for line, doc in jsonl_records(unit, self.counter):
             locator = f"{unit}#line={line}"
             if isinstance(doc, RecordRejected):
                 yield self.reject(locator, doc.reason, doc.message)
                 continue
-            yield self.guard(locator, lambda: self._sample(doc, f"{stem}-{line}", locator, folder))
+            yield self.guard(locator, lambda: self._sample(doc, f"{stem}-{line}", locator, load))
 
-    def _sample(self, doc: dict, sample_id: str, locator: str, folder: str) -> Sample:
-        def load(name, meta):
-            refs = [name] + ([meta["url"]] if meta.get("url") and self.options.fetch else [])
-            return self.load_image(refs, folder, meta)
+    def _sample(self, doc: dict, sample_id: str, locator: str, load) -> Sample:
+        def load_named(name, meta):
+            # the image folder first; the original URL only when the recipe allows fetching
+            fallback = [meta["url"]] if meta.get("url") and self.options.fetch else []
+            return load([name] + fallback, meta)
 
-        parts, scores = mmc4_parts(doc, load)
-        return _document(self.name, sample_id, locator, parts,
-                         {"url": doc.get("url"), "scores": scores})
+        parts, meta = mmc4_parts(doc, load_named)
+        return _document(self.name, sample_id, locator, parts, {"url": doc.get("url"), **meta})
 
 
 class WdsInterleavedSource(TarRecordSource):

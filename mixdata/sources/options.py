@@ -24,7 +24,9 @@ class ImageResolution:
 
 @dataclass(frozen=True, kw_only=True)
 class InterleavedOptions(ImageResolution):
-    pass
+    # Web documents often lose some images to dead links: "drop" keeps the document without
+    # them (counted in Sample.meta["images_dropped"]) instead of rejecting it as image_missing.
+    missing_images: Literal["reject", "drop"] = "reject"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -52,9 +52,21 @@ class RecordSource(Source):
         except RecordRejected as err:
             return self.reject(locator, err.reason, err.message)
 
-    def loader(self, folder: str) -> Callable[[object, dict], ImagePart]:
-        """`load_image` bound to the folder relative references resolve against."""
-        return lambda refs, meta: self.load_image(refs, folder, meta)
+    def loader(self, folder: str) -> Callable[[object, dict], ImagePart | None]:
+        """`load_image` bound to the folder relative references resolve against.
+
+        With the option `missing_images: drop`, a missing image gives None instead of a reject.
+        """
+        drop = getattr(self.options, "missing_images", "reject") == "drop"
+
+        def load(refs, meta: dict) -> ImagePart | None:
+            try:
+                return self.load_image(refs, folder, meta)
+            except RecordRejected as err:
+                if drop and err.reason == "image_missing":
+                    return None
+                raise
+        return load
 
     def load_image(self, refs: str | list[str], base_dir: str, meta: dict) -> ImagePart:
         """Resolve the first reference that exists (mirror, path or URL) into image bytes.
