@@ -26,6 +26,9 @@ VERSION = 1
 MANIFEST = "MANIFEST.json"
 GENERATOR = "mixdata.demo"
 MIN_RECORDS = 8  # per kind at tiny scales: room for the malformed records and some good ones
+# Defects a reader cannot see without decoding the image: adapters pass these records on and
+# the image step rejects them. Every other defect is for the adapter to reject.
+DECODE_TIME_DEFECTS = ("image_broken", "image_truncated")
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ def write_corpus(out_dir: str | Path, scale: float = 1, progress: Progress | Non
         if progress:
             progress(name, report, time.perf_counter() - start)
     manifest = {"generator": GENERATOR, "version": VERSION, "scale": scale, "seed": SEED,
-                "kinds": kinds, "files": file_table(root)}
+                "decode_time_defects": list(DECODE_TIME_DEFECTS), "kinds": kinds,
+                "files": file_table(root)}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 

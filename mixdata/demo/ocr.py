@@ -20,7 +20,8 @@ def _document_pages(rng: np.random.Generator) -> list[list[str]]:
 
 
 def write_pdfa(root: Path, count: int, rng: np.random.Generator) -> KindReport:
-    """`pdfa/pdfa-eng-train-0000.tar`: `KEY.pdf` + `KEY.json` with 7-digit keys."""
+    """`pdfa/pdfa-eng-train-0000.tar`: `KEY.pdf` + `KEY.json` with 7-digit keys.
+    `extra.pages` counts the pages of the well-formed documents."""
     report = KindReport()
     defects = broken_slots(rng, count, ["not_a_pdf", "missing_json"])
     page_count = 0
@@ -30,7 +31,7 @@ def write_pdfa(root: Path, count: int, rng: np.random.Generator) -> KindReport:
             data, annotation = pages.make_pdf(_document_pages(rng), rng)
             if defect == "not_a_pdf":
                 data = pages.garbage_pdf(rng)
-            else:
+            elif defect is None:
                 page_count += len(annotation)
             tar.add(f"{key}.pdf", data)
             if defect != "missing_json":
