@@ -151,7 +151,8 @@ def test_pure_helpers_reject_with_reasons():
 def test_renderedtext_tar(tmp_path):
     png = image_bytes(40, 20)
     tar = write_tar(tmp_path / "rt-00.tar", [
-        ("k1.png", png), ("k1.json", json.dumps({"ocr_annotation": {"text": ["two", "lines"]}}).encode()),
+        ("k1.png", png),
+        ("k1.json", json.dumps({"ocr_annotation": {"text": ["two", "lines"]}}).encode()),
         ("k2.png", png), ("k2.json", b'{"ocr_annotation": {}}'),
         ("k3.json", json.dumps({"ocr_annotation": {"text": "no image"}}).encode()),
         ("k4.png", png), ("k4.json", json.dumps({"ocr_annotation": {"text": ["", " "]}}).encode()),
