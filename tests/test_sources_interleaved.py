@@ -304,3 +304,15 @@ def test_obelics_row_groups_over_http_match_the_local_read(http_root, tmp_path):
     assert [getattr(i, "reason", None) for i in remote] == [getattr(i, "reason", None) for i in local]
     assert [getattr(i, "id", None) for i in remote] == [getattr(i, "id", None) for i in local]
     assert layout(remote[1], IMAGES) == ["T:Hello there.", "I:b.jpg", "I:c.png"]
+
+
+def test_wrong_types_and_corrupt_compression_are_reported(tmp_path):
+    path = _obelics_file(tmp_path, [dict(OBELICS_ROWS[0], texts=None, images=None)])
+    bad = _mmc4_file(tmp_path / "types.jsonl", [{"text_list": "not a list", "image_info": []},
+                                               {"text_list": ["a"], "image_info": {}}])
+    assert [r.reason for r in read_all(spec("mmc4", bad))[1]] == ["bad_field", "bad_field"]
+    assert [r.reason for r in read_all(spec("obelics", path))[1]] == ["missing_field"]
+    cut = _mmc4_file(tmp_path / "cut.jsonl.gz", MMC4_DOCS * 50)
+    cut.write_bytes(cut.read_bytes()[:-40])
+    with pytest.raises(MixdataError, match="cut.jsonl.gz: unreadable after line"):
+        read_all(spec("mmc4", cut))

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Sample, TextPart
-from .io import exists, expand, open_binary, open_text, read_bytes
+from .io import exists, expand, open_binary, read_bytes
 from .records import (RecordSource, base_dir, file_stem, parquet_rows, parquet_units,
-                      parse_json, require, score_fields)
+                      parse_json, require, score_fields, text_lines)
 from .tario import group_members, iter_tar_groups
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -204,12 +204,11 @@ class TsvCaptionSource(RecordSource):
 
     def read(self, unit: str) -> Iterator[Sample | Reject]:
         stem, load = file_stem(unit), self.loader(base_dir(unit))
-        with open_text(unit, self.counter) as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip() or (number == 1 and _is_header(line)):
-                    continue
-                locator = f"{unit}#line={number}"
-                yield self.guard(locator, lambda: self._sample(line, f"{stem}-{number}", locator, load))
+        for number, line in text_lines(unit, self.counter):
+            if number == 1 and _is_header(line):
+                continue
+            locator = f"{unit}#line={number}"
+            yield self.guard(locator, lambda: self._sample(line, f"{stem}-{number}", locator, load))
 
     def _sample(self, line: str, sample_id: str, locator: str, load) -> Sample:
         url, caption = tsv_fields(line, self.spec.format)

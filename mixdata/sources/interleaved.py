@@ -30,6 +30,14 @@ def _image_meta(entry) -> dict:
     return meta
 
 
+def _strings(record: dict, field: str) -> list:
+    """`record[field]` as a list of strings or nulls; RecordRejected otherwise."""
+    value = require(record, field)
+    if not isinstance(value, list) or not all(v is None or isinstance(v, str) for v in value):
+        raise RecordRejected("bad_field", f"{field} is not a list of strings")
+    return value
+
+
 def _per_image_metadata(metadata, n_positions: int, image_positions: list[int]) -> list[dict]:
     """Metadata aligned with the images: OBELICS gives one entry per position (null at text
     positions); some OmniCorpus dumps give one entry per image."""
@@ -47,7 +55,7 @@ def _per_image_metadata(metadata, n_positions: int, image_positions: list[int]) 
 
 def obelics_parts(row: dict, load_image: LoadImage) -> tuple[list[Part], dict]:
     """One OBELICS/OmniCorpus row -> (parts in document order, {scores, images_dropped})."""
-    images, texts = require(row, "images"), require(row, "texts")
+    images, texts = _strings(row, "images"), _strings(row, "texts")
     if len(images) != len(texts):
         raise RecordRejected("mismatched_lists", f"{len(images)} images vs {len(texts)} texts")
     both = [i for i, (img, txt) in enumerate(zip(images, texts)) if img and txt]
@@ -84,10 +92,10 @@ def _kept(parts: list[Part | None]) -> tuple[list[Part], dict]:
 def mmc4_parts(doc: dict, load_image: LoadImage) -> tuple[list[Part], dict]:
     """One MMC4 document -> (parts, {scores, images_dropped}); each image goes just before its
     matched sentence."""
-    sentences = require(doc, "text_list")
+    sentences = _strings(doc, "text_list")
     infos = require(doc, "image_info")
-    if not isinstance(sentences, list) or not isinstance(infos, list):
-        raise RecordRejected("missing_field", "text_list and image_info must be lists")
+    if not isinstance(infos, list):
+        raise RecordRejected("bad_field", f"image_info is a {type(infos).__name__}, not a list")
     before: dict[int, list[ImagePart | None]] = {}
     for info in infos:
         index = info.get("matched_text_index") if isinstance(info, dict) else None

@@ -14,6 +14,7 @@ import json
 import math
 import posixpath
 import re
+import zlib
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
 
@@ -176,19 +177,33 @@ def split_unit(unit: str) -> tuple[str, int]:
     return path, int(group)
 
 
+def text_lines(url: str, counter: RetryCounter | None = None) -> Iterator[tuple[int, str]]:
+    """`(1-based line number, line)` of each non-blank line of a plain or compressed text file.
+
+    A corrupt or truncated compressed stream raises MixdataError naming the file and line.
+    """
+    number = 0
+    try:
+        with open_text(url, counter) as fh:
+            for number, line in enumerate(fh, 1):
+                if line.strip():
+                    yield number, line
+    except (OSError, EOFError, zlib.error) as err:
+        raise MixdataError(f"{url}: unreadable after line {number} "
+                           f"({type(err).__name__}: {err})") from err
+
+
 def jsonl_records(url: str, counter: RetryCounter | None = None
                   ) -> Iterator[tuple[int, dict | RecordRejected]]:
     """`(1-based line number, object or RecordRejected)` for each non-blank line."""
-    with open_text(url, counter) as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError as err:
-                yield number, RecordRejected("bad_json", str(err))
-                continue
-            if not isinstance(value, dict):
-                yield number, RecordRejected("bad_json", f"expected an object, got {type(value).__name__}")
-                continue
-            yield number, value
+    for number, line in text_lines(url, counter):
+        try:
+            value = json.loads(line)
+        except ValueError as err:
+            yield number, RecordRejected("bad_json", str(err))
+            continue
+        if not isinstance(value, dict):
+            yield number, RecordRejected("bad_json",
+                                         f"expected an object, got {type(value).__name__}")
+            continue
+        yield number, value
