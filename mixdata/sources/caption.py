@@ -12,11 +12,10 @@ import posixpath
 from collections.abc import Iterator
 
 import fsspec
-import pyarrow.parquet as pq
 
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Sample, TextPart
-from .io import exists, expand, open_binary, read_bytes
+from .io import exists, expand, read_bytes
 from .records import (RecordSource, base_dir, file_stem, parquet_rows, parquet_units,
                       parse_json, require, score_fields, text_lines)
 from .tario import group_members, iter_tar_groups
@@ -162,23 +161,14 @@ class Img2DatasetSource(RecordSource):
         """Rejects for input rows img2dataset could not turn into samples."""
         listing, stats = shard + ".parquet", shard + "_stats.json"
         if exists(listing):
-            for row, reason, message in failed_rows(self._listing(listing), seen):
+            for row, reason, message in failed_rows(
+                    parquet_rows(listing, self.counter, ["key", "status", "error_message"]), seen):
                 yield self.reject(f"{listing}#row={row}", reason, message)
         elif exists(stats):
             counts = parse_json(read_bytes(stats, self.counter), stats)
             for message, count in stats_failures(counts if isinstance(counts, dict) else {}):
                 for i in range(count):
                     yield self.reject(f"{stats}#{i}", "download_failed", message)
-
-    def _listing(self, path: str) -> Iterator[tuple[int, dict]]:
-        with open_binary(path, self.counter) as fh:
-            parquet = pq.ParquetFile(fh)
-            columns = [c for c in ("key", "status", "error_message") if c in parquet.schema_arrow.names]
-            row = 0
-            for batch in parquet.iter_batches(batch_size=4096, columns=columns):
-                for record in batch.to_pylist():
-                    yield row, record
-                    row += 1
 
     def _read_parquet(self, unit: str) -> Iterator[Sample | Reject]:
         """The parquet layout: a binary image column (`jpg`, ...) beside `txt` or `caption`."""

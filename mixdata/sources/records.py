@@ -153,28 +153,23 @@ def parquet_units(paths: list[str], counter: RetryCounter | None = None) -> list
 
 def parquet_rows(unit: str, counter: RetryCounter | None = None,
                  columns: list[str] | None = None) -> Iterator[tuple[int, dict]]:
-    """`(row number within the file, row dict)` for one row-group unit, streamed in batches.
+    """`(row number within the file, row dict)` for one row-group unit (`path#rg=N`) or, given
+    a plain path, the whole file; streamed one batch at a time.
 
     `columns` missing from the file are left out, so the adapter can reject per row.
     """
-    path, group = split_unit(unit)
+    path, group = unit.rsplit(_RG, 1) if _RG in unit else (unit, None)
     with open_binary(path, counter) as fh:
         parquet = pq.ParquetFile(fh)
-        first = sum(parquet.metadata.row_group(i).num_rows for i in range(group))
+        groups = None if group is None else [int(group)]
+        row = 0 if group is None else \
+            sum(parquet.metadata.row_group(i).num_rows for i in range(int(group)))
         present = None if columns is None else \
             [c for c in columns if c in parquet.schema_arrow.names]
-        row = first
-        for batch in parquet.iter_batches(batch_size=256, row_groups=[group], columns=present):
+        for batch in parquet.iter_batches(batch_size=256, row_groups=groups, columns=present):
             for record in batch.to_pylist():
                 yield row, record
                 row += 1
-
-
-def split_unit(unit: str) -> tuple[str, int]:
-    if _RG not in unit:
-        raise MixdataError(f"{unit}: expected a parquet row-group unit 'path{_RG}N'")
-    path, group = unit.rsplit(_RG, 1)
-    return path, int(group)
 
 
 def text_lines(url: str, counter: RetryCounter | None = None) -> Iterator[tuple[int, str]]:
