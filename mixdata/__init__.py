@@ -8,7 +8,7 @@ __all__ = ["__version__", "load", "load_recipe"]
 def __getattr__(name: str):
     # Lazy so `import mixdata` (and the CLI) does not pull in torch until it is needed.
     if name == "load":
-        from .load import load
+        from .loading import load
 
         return load
     if name == "load_recipe":

@@ -1,0 +1,118 @@
+"""`mixdata.load`: stream built shards into PyTorch with equal work per rank and exact resume.
+
+Modules: `order` (pure order arithmetic: shard permutations, rank and stream ranges, shuffle
+order, mixture pattern), `reader` (streaming shards with fault handling), `collate` (pure
+sequences -> batch, pixel normalisation), `dataset` (the IterableDataset and its state).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..config import parse
+from ..errors import MixdataError
+from ..image import ImagePolicy, plan_for
+from ..shards import locate_manifest, read_manifest
+from .collate import BatchSpec, normalize_pixels
+from .dataset import LoadConfig, MixdataDataset, MixdataLoader
+from .order import Component, mixture_pattern
+
+__all__ = ["BatchSpec", "LoadConfig", "MixdataDataset", "MixdataLoader", "load",
+           "normalize_pixels"]
+
+
+def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1000,
+         epochs: int | None = None, rank: int | None = None, world_size: int | None = None,
+         drop_last: bool = True, weights: list[float] | None = None, max_failures: int = 16,
+         streams: int | None = None) -> MixdataDataset:
+    """An IterableDataset of this rank's batches over one or several built stages.
+
+    - `path_or_url`: a shard folder, a `manifest.json`, or any fsspec URL of either (local,
+      http(s), s3, hf, ...); or a list of them to mix with `weights` (shares of sequences,
+      default proportional to their sizes; exact deficit schedule, see `loading.order`).
+    - `batch_size` sequences per batch; every rank gets `ds.batches_per_epoch` per epoch.
+    - `seed` draws the shard order per epoch and the shuffle; `shuffle_buffer` sequences are
+      held per rank for it (0: no shuffle); `epochs=None` streams forever.
+    - `rank` / `world_size` default to torch.distributed, else $RANK / $WORLD_SIZE, else 0 / 1.
+    - `drop_last`: see `loading.order.Split`; `max_failures`: failures in a row before raising.
+    - `streams`: how many contiguous streams each rank's share is read as; the batch order
+      depends on it and any DataLoader worker count dividing it gives that same order.
+      Default: the worker count of `ds.loader()` or of the DataLoader.
+    """
+    urls = [path_or_url] if isinstance(path_or_url, (str, os.PathLike)) else list(path_or_url)
+    if not urls:
+        raise MixdataError("load needs at least one shard folder or manifest")
+    manifests = [read_manifest(url) for url in urls]
+    spec = batch_spec(manifests, [str(u) for u in urls])
+    config = LoadConfig(batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer,
+                        epochs=epochs, drop_last=drop_last, streams=streams,
+                        max_failures=max_failures)
+    components = [Component(folder=locate_manifest(url)[0], seed=seed + index,
+                            shards=tuple((s["name"], int(s["samples"])) for s in m["shards"]))
+                  for index, (url, m) in enumerate(zip(urls, manifests))]
+    for url, component in zip(urls, components):
+        if component.samples == 0:
+            raise MixdataError(f"{url}: the manifest lists no sequences")
+    rank, world_size = placement(rank, world_size)
+    return MixdataDataset(components, spec, config, rank=rank, world_size=world_size,
+                          pattern=_pattern(components, weights, seed))
+
+
+def _pattern(components: list[Component], weights, seed: int) -> np.ndarray | None:
+    sizes = [c.samples for c in components]
+    if weights is None:
+        weights = sizes
+    if len(weights) != len(components):
+        raise MixdataError(f"{len(weights)} weights for {len(components)} datasets")
+    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise MixdataError(f"weights must be >= 0 with one positive, got {list(weights)}")
+    if len(components) == 1:
+        return None
+    return mixture_pattern([float(w) for w in weights], sizes, seed)
+
+
+def placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world size): given, else torch.distributed, else $RANK/$WORLD_SIZE, else 0/1."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        found = (dist.get_rank(), dist.get_world_size())
+    else:
+        found = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    return (found[0] if rank is None else rank,
+            found[1] if world_size is None else world_size)
+
+
+_SPEC_KEYS = ("seq_len", "image_tokens_per_tile", "tokenizer", "image_policy")
+
+
+def batch_spec(manifests: list[dict], urls: list[str]) -> BatchSpec:
+    """What batching needs from the manifests, which must agree when several are mixed."""
+    specs = []
+    for manifest, url in zip(manifests, urls):
+        missing = [key for key in _SPEC_KEYS if key not in manifest]
+        if missing:
+            raise MixdataError(f"{url}: the manifest lacks {missing}; rebuild the stage")
+        specs.append(_one_spec(manifest, url))
+        if specs[-1] != specs[0]:
+            raise MixdataError(f"{url} does not batch like {urls[0]}: {specs[-1]} vs {specs[0]}")
+    tokenizers = {str(m["tokenizer"].get("sha256")) for m in manifests}
+    if len(tokenizers) > 1:
+        raise MixdataError(f"the datasets were tokenized differently ({sorted(tokenizers)})")
+    return specs[0]
+
+
+def _one_spec(manifest: dict, url: str) -> BatchSpec:
+    specials = manifest["tokenizer"].get("special_ids", {})
+    if "<pad>" not in specials or "<image>" not in specials:
+        raise MixdataError(f"{url}: tokenizer.special_ids lacks <pad> or <image>")
+    policy = parse(ImagePolicy, manifest["image_policy"], "image_policy", file=url)
+    if policy.preset == "qwen2vl":
+        raise MixdataError(f"{url}: image preset qwen2vl makes views of varying size; the "
+                           "loader batches square T x T views only")
+    return BatchSpec(seq_len=int(manifest["seq_len"]), pad_id=int(specials["<pad>"]),
+                     image_id=int(specials["<image>"]),
+                     tokens_per_tile=int(manifest["image_tokens_per_tile"]),
+                     tile=plan_for(1024, 768, policy).tile,
+                     mean=tuple(policy.mean), std=tuple(policy.std))

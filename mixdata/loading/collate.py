@@ -1,0 +1,149 @@
+"""Packed sequences -> one training batch (pure), and the on-device pixel normalisation.
+
+Batch contract (docs/internals.md "Shards and the loader"), B rows of L = seq_len tokens:
+- `input_ids` int64 [B, L], padded with the tokenizer's pad id;
+- `labels` int64 [B, L], **already shifted**: `labels[b, t]` is the target of the logits at
+  position t, i.e. `input_ids[b, t + 1]` when that token is supervised (loss flag 1) and in
+  the same document as t, else -100. The model must not shift again;
+- `position_ids` int64 [B, L], 0 at the start of each document, and 0, 1, ... over padding;
+- `doc_ids` int32 [B, L], the document index within its row, -1 on padding;
+- `cu_seqlens` int32 [S + 1], segment boundaries over the flattened B * L tokens, where the
+  segments are the documents and each row's padding run; `max_seqlen` their longest length;
+- `pixel_values` uint8 [N, 3, T, T], every view of every image, in token order;
+- `tile_spans` int64 [N, 3], (row, start, end) of each view's placeholders:
+  `input_ids[row, start:end]` are all the image id and `end - start` is the tokens per view;
+- `num_tokens` (non-pad tokens) and `num_images` (ints).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import RecordRejected
+from ..image import ImagePlan, cut_tiles
+from ..image.layout import tokens_per_view
+from ..shards import PackedSequence, ShardError
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What turning sequences into a batch needs from the manifest."""
+
+    seq_len: int
+    pad_id: int
+    image_id: int
+    tokens_per_tile: int
+    tile: int  # view side, for the [0, 3, T, T] pixel_values of a batch without images
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sequence with its image views cut: `views` uint8 [V, T, T, 3], `spans` [V, 2]."""
+
+    seq: PackedSequence
+    views: np.ndarray
+    spans: np.ndarray
+
+
+def placeholder_runs(tokens: np.ndarray, start: int, end: int, image_id: int) -> np.ndarray:
+    """[k, 2] (start, end) of the maximal runs of `image_id` within tokens[start:end]."""
+    flags = np.zeros(end - start + 2, dtype=np.int8)
+    flags[1:-1] = tokens[start:end] == image_id
+    edges = np.flatnonzero(np.diff(flags))
+    return edges.reshape(-1, 2) + start
+
+
+def cut_row(seq: PackedSequence, spec: BatchSpec) -> Row:
+    """Decode and cut every image of `seq`, checking its views against its placeholders.
+
+    Raises ShardError when an image or its token span disagrees with its plan.
+    """
+    if len(seq.tokens) > spec.seq_len:
+        raise ShardError(f"sample {seq.key!r} holds {len(seq.tokens)} tokens, above seq_len "
+                         f"{spec.seq_len}")
+    views, spans = [], []
+    for meta, (data, _) in zip(seq.meta.get("images", []), seq.images):
+        try:
+            plan = ImagePlan.from_json(meta["plan"])
+            cut = cut_tiles(bytes(data), plan)
+            start, end = meta["span"]
+        except (KeyError, TypeError, ValueError, OSError, RecordRejected) as err:
+            raise ShardError(f"sample {seq.key!r}: image {len(views)} cannot be cut: {err}") \
+                from None
+        if cut.shape[1:3] != (spec.tile, spec.tile):
+            raise ShardError(f"sample {seq.key!r}: image {len(views)} has views of "
+                             f"{cut.shape[2]}x{cut.shape[1]} px, the stage's tile is {spec.tile}")
+        runs = placeholder_runs(seq.tokens, start, end, spec.image_id)
+        per_view = tokens_per_view(plan, spec.tokens_per_tile)
+        if len(runs) != len(cut) or np.any(runs[:, 1] - runs[:, 0] != per_view):
+            raise ShardError(f"sample {seq.key!r}: an image of {len(cut)} views has "
+                             f"placeholder runs {(runs[:, 1] - runs[:, 0]).tolist()}, "
+                             f"expected {per_view} each")
+        views.append(cut)
+        spans.append(runs)
+    if not views:
+        return Row(seq, np.zeros((0, spec.tile, spec.tile, 3), np.uint8),
+                   np.zeros((0, 2), np.int64))
+    return Row(seq, np.concatenate(views), np.concatenate(spans))
+
+
+def _row_arrays(seq: PackedSequence, length: int) -> tuple[np.ndarray, ...]:
+    """labels, position_ids and doc_ids of one row (see the module docstring)."""
+    n = len(seq.tokens)
+    doc_of = np.repeat(np.arange(len(seq.docs) - 1), np.diff(seq.docs))
+    labels = np.full(length, -100, np.int64)
+    target = (seq.loss[1:] == 1) & (doc_of[1:] == doc_of[:-1])
+    labels[:n - 1][target] = seq.tokens[1:][target]
+    positions = np.empty(length, np.int64)
+    positions[:n] = np.arange(n) - seq.docs[doc_of]
+    positions[n:] = np.arange(length - n)
+    doc_ids = np.full(length, -1, np.int32)
+    doc_ids[:n] = doc_of
+    return labels, positions, doc_ids
+
+
+def collate(rows: list[Row], spec: BatchSpec) -> dict:
+    """The batch dict of `rows` (see the module docstring)."""
+    length, count = spec.seq_len, len(rows)
+    input_ids = np.full((count, length), spec.pad_id, np.int64)
+    labels = np.empty((count, length), np.int64)
+    positions = np.empty((count, length), np.int64)
+    doc_ids = np.empty((count, length), np.int32)
+    bounds, spans = [], []
+    for b, row in enumerate(rows):
+        n = len(row.seq.tokens)
+        input_ids[b, :n] = row.seq.tokens
+        labels[b], positions[b], doc_ids[b] = _row_arrays(row.seq, length)
+        bounds.append(b * length + row.seq.docs[:-1])
+        bounds.append([b * length + n] if n < length else [])
+        spans.append(np.column_stack([np.full(len(row.spans), b), row.spans]))
+    cu_seqlens = np.concatenate([*bounds, [count * length]]).astype(np.int32)
+    views = np.concatenate([row.views for row in rows])
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "labels": torch.from_numpy(labels),
+        "position_ids": torch.from_numpy(positions),
+        "doc_ids": torch.from_numpy(doc_ids),
+        "cu_seqlens": torch.from_numpy(cu_seqlens),
+        "max_seqlen": int(np.diff(cu_seqlens).max()),
+        "pixel_values": torch.from_numpy(np.ascontiguousarray(views.transpose(0, 3, 1, 2))),
+        "tile_spans": torch.from_numpy(np.concatenate(spans).astype(np.int64)),
+        "num_tokens": int(sum(len(row.seq.tokens) for row in rows)),
+        "num_images": int(sum(len(row.seq.images) for row in rows)),
+    }
+
+
+def normalize_pixels(pixel_values: torch.Tensor, mean, std, device=None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [N, 3, T, T] -> `dtype` `(x / 255 - mean) / std` on `device`, converted there
+    once (the copy to the device stays uint8, a quarter of the float bytes)."""
+    pixels = pixel_values.to(device=device, non_blocking=True)
+    scale = torch.tensor([1 / (255 * s) for s in std], device=pixels.device, dtype=torch.float32)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], device=pixels.device,
+                         dtype=torch.float32)
+    out = pixels.to(torch.float32).mul_(scale.view(1, 3, 1, 1)).sub_(shift.view(1, 3, 1, 1))
+    return out.to(dtype)

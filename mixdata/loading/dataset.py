@@ -1,0 +1,239 @@
+"""`MixdataDataset`: the IterableDataset of batches, its resumable position and its loader.
+
+Position. The dataset's whole state is its position: (epoch, batches of that epoch already
+consumed on this rank), with the stream count and world size it was taken under. Iterating
+continues from the position and advances it in the process that iterates; with DataLoader
+workers, `ds.loader()` (or torchdata's StatefulDataLoader, which asks each worker) keeps it.
+
+Workers. Batch j of an epoch is batch j // streams of stream j % streams. A DataLoader
+collects batches from its workers round-robin, starting at worker 0 when an iteration starts
+(or, under StatefulDataLoader, after the worker that yielded last), so an iteration that
+starts at batch k0 (`offset`) gives batch j to worker (j - k0) % num_workers, which then owns
+every stream s with (s - k0) % num_workers == worker: any worker count dividing `streams`
+yields the same batches in the same order. A worker restored to position (e, k) skips, in
+each stream it owns, the batches of that stream among the first k, replaying only the
+shuffle of those positions (their samples are read and validated, their images never
+decoded).
+
+World size. Resuming under another world size is not exact: every rank keeps the saved epoch
+and skips the same fraction of its (new, differently cut) range, so within that epoch some
+sequences are read twice and others not at all; the next epoch is exact for the new size.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..errors import MixdataError
+from .collate import BatchSpec, Row, collate, cut_row, normalize_pixels
+from .order import Component, Split, shuffle_order, worker_streams
+from .reader import FailureRun, LoadStats, Positions, chunked, fill_failures, shuffled
+
+log = logging.getLogger("mixdata.load")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadConfig:
+    """How batches are drawn; see `mixdata.load` for each field."""
+
+    batch_size: int
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    epochs: int | None = None
+    drop_last: bool = True
+    streams: int | None = None
+    max_failures: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "streams", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise MixdataError(f"{name} must be a positive integer, got {value}")
+        if self.seed < 0 or self.shuffle_buffer < 0 or self.max_failures < 0:
+            raise MixdataError("seed, shuffle_buffer and max_failures must be >= 0")
+
+
+class MixdataDataset(IterableDataset):
+    """Batches (dicts, see `mixdata.loading.collate`) of one rank, endless unless `epochs`."""
+
+    def __init__(self, components: list[Component], spec: BatchSpec, config: LoadConfig, *,
+                 rank: int, world_size: int, pattern: np.ndarray | None = None) -> None:
+        self.components, self.spec, self.config = components, spec, config
+        self.rank, self.world_size, self.pattern = rank, world_size, pattern
+        self.samples = components[0].samples if pattern is None else len(pattern)
+        self._streams = config.streams
+        self._position = (0, 0)
+        self._offset = 0  # the batch at which the DataLoader iteration began (see above)
+        self._stats = LoadStats()
+        if self._streams:
+            self.split(self._streams)  # fail now, not in a worker, if the data is too small
+
+    # --- order -----------------------------------------------------------------------------
+    def split(self, streams: int) -> Split:
+        return Split(samples=self.samples, batch_size=self.config.batch_size,
+                     world_size=self.world_size, rank=self.rank, streams=streams,
+                     drop_last=self.config.drop_last)
+
+    @property
+    def streams(self) -> int | None:
+        """Streams the order is cut into: `streams=`, else set by `loader()`, a restored
+        state, or (under a plain DataLoader) the worker count."""
+        return self._streams
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches each rank yields per epoch (needs the stream count to be known)."""
+        if not self._streams:
+            raise MixdataError("the stream count is not known yet: pass streams= to load, or "
+                               "use ds.loader(num_workers=...)")
+        return self.split(self._streams).batches
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Fault counts of this process and its DataLoader workers (see `loading.reader`)."""
+        return self._stats.totals()
+
+    def normalize(self, pixel_values, device=None, dtype=None):
+        """`normalize_pixels` with the stage's image-policy mean and std."""
+        kwargs = {} if dtype is None else {"dtype": dtype}
+        return normalize_pixels(pixel_values, self.spec.mean, self.spec.std, device, **kwargs)
+
+    # --- iteration -------------------------------------------------------------------------
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        self._stats.row = worker + 1 if info else 0
+        if not self._streams:
+            self._streams = workers
+        split = self.split(self._streams)
+        failures = FailureRun(self.config.max_failures, self._stats)
+        positions = Positions(self.components, self.pattern, failures, self._stats)
+        epoch, done = self._normalised(split)
+        while self.config.epochs is None or epoch < self.config.epochs:
+            yield from self._epoch(split, positions, epoch, done, (worker, workers))
+            epoch, done = epoch + 1, 0
+
+    def _epoch(self, split: Split, positions: Positions, epoch: int, done: int, worker):
+        index, workers = worker
+        offset = self._offset % workers
+        owned = worker_streams(split.streams, (index + offset) % workers, workers)
+        batches = {s: self._stream(split, positions, epoch, s, split.consumed(s, done))
+                   for s in owned}
+        first = done + (index + offset - done) % workers
+        for j in range(first, split.batches, workers):
+            rows = next(batches[j % split.streams])
+            batch = self._collate(rows)
+            self._position = (epoch, j + 1)  # before the yield: a snapshot taken now has it
+            yield batch
+
+    def _stream(self, split: Split, positions: Positions, epoch: int, stream: int, skip: int):
+        start, stop = split.stream_range(stream)
+        buffer = math.ceil(self.config.shuffle_buffer / split.streams)
+        rng = np.random.default_rng([self.config.seed, epoch, self.rank, stream])
+        order = shuffle_order(stop - start, buffer, rng)
+        samples = fill_failures(lambda: positions.read(epoch, start, stop), stop - start,
+                                self._stats)
+        batch_size = self.config.batch_size
+        return chunked(shuffled(samples, order, skip * batch_size), batch_size)
+
+    def _collate(self, sequences) -> dict:
+        """Cut every row's images; a row that fails is replaced by a neighbouring good row."""
+        rows: list[Row | None] = []
+        for seq in sequences:
+            try:
+                rows.append(cut_row(seq, self.spec))
+            except MixdataError as err:
+                self._stats.add("images_failed")
+                log.warning("replaced a row of a batch: %s", err)
+                rows.append(None)
+        return collate(fill_rows(rows), self.spec)
+
+    # --- state -----------------------------------------------------------------------------
+    def _normalised(self, split: Split) -> tuple[int, int]:
+        epoch, done = self._position
+        return (epoch + 1, 0) if done >= split.batches else (epoch, done)
+
+    def advance(self) -> None:
+        """Count one batch consumed in this process (what `loader()` does with workers)."""
+        epoch, done = self._normalised(self.split(self._streams))
+        self._position = (epoch, done + 1)
+
+    def state_dict(self) -> dict:
+        """A few integers: the position and what it was taken under."""
+        epoch, done = self._position
+        return {"epoch": epoch, "batches": done, "streams": self._streams,
+                "offset": self._offset, "world_size": self.world_size,
+                "batches_per_epoch": self.split(self._streams).batches if self._streams else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state` (see the module docstring for a changed world size)."""
+        streams = state.get("streams")
+        if self.config.streams and streams and streams != self.config.streams:
+            raise MixdataError(f"the state was taken with streams={streams}, this dataset has "
+                               f"streams={self.config.streams}: the batch order differs; load "
+                               f"with streams={streams}")
+        self._streams = streams or self._streams
+        epoch, done = int(state["epoch"]), int(state["batches"])
+        saved = state.get("batches_per_epoch")
+        if state.get("world_size", self.world_size) != self.world_size and saved and \
+                self._streams:
+            now = self.split(self._streams).batches
+            log.warning("resuming a state from world size %s under %s: epoch %d restarts at "
+                        "the same fraction of each rank's range, not exactly",
+                        state["world_size"], self.world_size, epoch)
+            done = done * now // saved
+        self._position = (epoch, done)
+        # Inside a worker (StatefulDataLoader) the round-robin continues where it stopped; in
+        # the main process the next DataLoader iteration starts it afresh at this batch.
+        self._offset = int(state.get("offset", 0)) if get_worker_info() else done
+
+    def start_iteration(self) -> None:
+        """Called by `MixdataLoader` as a DataLoader iteration starts at the position."""
+        if self._streams:
+            self._offset = self._normalised(self.split(self._streams))[1]
+
+    def loader(self, num_workers: int = 0, **kwargs) -> "MixdataLoader":
+        """A DataLoader over this dataset (batch_size=None) that keeps the position."""
+        if not self._streams:
+            self._streams = max(1, num_workers)
+        return MixdataLoader(self, num_workers=num_workers, **kwargs)
+
+
+def fill_rows(rows: list[Row | None]) -> list[Row]:
+    """Replace each failed row (None) by the nearest good row before it, else the first good
+    one after it, so the batch keeps its size."""
+    good = [row for row in rows if row is not None]
+    if not good:
+        raise MixdataError("every sequence of a batch failed; see the warnings above")
+    filled, last = [], good[0]
+    for row in rows:
+        last = row if row is not None else last
+        filled.append(last)
+    return filled
+
+
+class MixdataLoader(DataLoader):
+    """DataLoader(dataset, batch_size=None) that counts delivered batches in the main
+    process, so `state_dict()` is exact with worker processes too."""
+
+    def __init__(self, dataset: MixdataDataset, num_workers: int = 0, **kwargs) -> None:
+        if num_workers:
+            worker_streams(dataset.streams, 0, num_workers)  # refuse a bad count up front
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
+
+    def __iter__(self):
+        self.dataset.start_iteration()
+        for batch in super().__iter__():
+            if self.num_workers:  # without workers the dataset counts itself
+                self.dataset.advance()
+            yield batch
+
+    def state_dict(self) -> dict:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.load_state_dict(state)
