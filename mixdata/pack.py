@@ -4,16 +4,16 @@
 1. The batch's large items (over seq_len / 4) go largest first into the open sequence with
    the least room that fits them (respecting the image and view caps), or into a new one:
    best-fit-decreasing.
-2. Its small items then fill the gaps, sequences about to close first: each step adds the
-   single item or the pair of items with the largest total that fits the gap. Pairs turn
-   the last gaps into exact fits, where best fit leaves gaps smaller than any item.
-   Small items left over fill new sequences the same way.
+2. Its small items then fill the gaps, sequences about to close first. Each step adds one
+   item or a pair that fills the gap exactly if there is one; else the largest that still
+   leaves room for a pair, so that a later step can. Pairs turn the last gaps into exact
+   fits, where best fit leaves gaps smaller than any item. Leftovers fill new sequences.
 3. A sequence stays open for the batch it was opened in and the next one; then it closes. A
    full one closes at once. This bounds how far an item can move from its input position.
-4. Closed sequences are emitted in an order that keeps each item group's (each source's)
-   cumulative tokens as close as possible to the input's at the same point: a smooth
-   deficit round-robin over sequences, so every window of sequences keeps the shares the
-   input stream had.
+4. Closed sequences are ordered by where their tokens sit in the input, then reordered within
+   a short lookahead so that each item group's (each source's) cumulative tokens stay within
+   half a sequence of the input stream's at the same point. Every window of sequences then
+   keeps the shares the input had, which the exact mixture schedule made smooth.
 
 `pack_first_fit` (streaming greedy) and `pack_one_per_sequence` are the baselines.
 """
@@ -70,8 +70,13 @@ class Pool:
 
     def _best(self, space: int, images: float, views: float) -> tuple[int, list[int]]:
         """Largest total of one item or two that fits, and their positions in the pool."""
-        cand = np.flatnonzero(self.alive & (self.length <= space) & (self.images <= images)
-                              & (self.views <= views))
+        fits = int(np.searchsorted(self.length, space, side="right"))
+        mask = self.alive[:fits]
+        capped = [(counts, cap) for counts, cap in ((self.images, images), (self.views, views))
+                  if cap != float("inf")]
+        for counts, cap in capped:
+            mask = mask & (counts[:fits] <= cap)
+        cand = np.flatnonzero(mask)
         if not len(cand):
             return 0, []
         lengths = self.length[cand]
@@ -79,8 +84,8 @@ class Pool:
         ok = partner > np.arange(len(cand))
         partner = np.where(ok, partner, 0)
         both = cand[partner]
-        ok &= (self.images[cand] + self.images[both] <= images)
-        ok &= (self.views[cand] + self.views[both] <= views)
+        for counts, cap in capped:
+            ok &= counts[cand] + counts[both] <= cap
         totals = np.where(ok, lengths + lengths[partner], -1)
         best = int(np.argmax(totals))
         if totals[best] > lengths[-1]:
@@ -186,36 +191,53 @@ class _InputShares:
         return out
 
 
-def emit_in_input_order(bins: list[Bin], items: Sequence[PackItem],
+def _by_centroid(bins: list[Bin], items: Sequence[PackItem]) -> list[list[int]]:
+    """Sequences ordered by where their tokens sit in the input, on average."""
+    lengths = np.asarray([it.length for it in items], np.float64)
+    middle = np.cumsum(lengths) - lengths / 2
+    keyed = []
+    for b in bins:
+        members = np.asarray(sorted(b.members))
+        centroid = float((middle[members] * lengths[members]).sum() / lengths[members].sum())
+        keyed.append((centroid, int(members[0]), members.tolist()))
+    return [members for _, _, members in sorted(keyed)]
+
+
+def emit_in_input_order(bins: list[Bin], items: Sequence[PackItem], seq_len: int,
                         lookahead: int = 64) -> list[list[int]]:
     """Order sequences so that each group's cumulative tokens track the input stream's.
 
-    Sequences are taken by their earliest item; among the next `lookahead` of them, each step
-    emits the one after which the output's per-group tokens are closest (sum of squares) to
-    those of the input prefix with the same total. A sequence that has waited `lookahead`
-    steps at the head goes next, which bounds how far any sequence moves.
+    Sequences are taken in order of where their tokens sit in the input. Each step looks at
+    the next `lookahead` of them and emits the first one after which every group's output
+    tokens are within `seq_len / 2` of the input prefix holding as many tokens; if none
+    qualifies, the one that comes closest (sum of squares). A sequence that `lookahead`
+    later ones have overtaken goes next, which bounds how far any sequence moves.
     """
-    sequences = sorted((sorted(b.members) for b in bins), key=lambda m: m[0])
     groups = max((it.group for it in items), default=0) + 1
     if groups == 1:
-        return sequences
+        return sorted((sorted(b.members) for b in bins), key=lambda m: m[0])
     if min(it.group for it in items) < 0:
         raise ValueError("PackItem.group must be >= 0")
+    sequences = _by_centroid(bins, items)
     tokens = np.zeros((len(sequences), groups))
     for k, members in enumerate(sequences):
         for i in members:
             tokens[k, items[i].group] += items[i].length
     shares = _InputShares(items, groups)
-    out, order, pending, waited, nxt = np.zeros(groups), [], [], 0, 0
+    out, order, pending, nxt = np.zeros(groups), [], [], 0
     while nxt < len(sequences) or pending:
         while len(pending) < lookahead and nxt < len(sequences):
             pending.append(nxt)
             nxt += 1
-        cand = tokens[pending]
-        after = out + cand
-        score = ((after - shares.at(after.sum(axis=1))) ** 2).sum(axis=1)
-        pick = 0 if waited >= lookahead else int(np.argmin(score))
-        waited = 0 if pick == 0 else waited + 1
+        after = out + tokens[pending]
+        error = after - shares.at(after.sum(axis=1))
+        close = np.flatnonzero(np.abs(error).max(axis=1) <= seq_len / 2)
+        if pending[0] + lookahead <= len(order):
+            pick = 0
+        elif len(close):
+            pick = int(close[0])
+        else:
+            pick = int(np.argmin((error ** 2).sum(axis=1)))
         out = after[pick]
         order.append(pending.pop(pick))
     return [sequences[k] for k in order]
@@ -260,7 +282,7 @@ def pack(items: Sequence[PackItem], seq_len: int, *, max_images: int | None = No
             closed += open_bins.fill(open_bins.new(batch), pool)
         closed += open_bins.close_born_before(batch)
     closed += open_bins.close_born_before(len(items) + 1)
-    return emit_in_input_order(closed, items)
+    return emit_in_input_order(closed, items, seq_len)
 
 
 def pack_first_fit(items: Sequence[PackItem], seq_len: int, *, max_images: int | None = None,

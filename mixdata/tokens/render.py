@@ -5,8 +5,9 @@ Layout of every document: `<s>` parts `</s>`.
 - An image part expands to `layout(plan, tokens_per_tile)` (view markers, `<image>`
   placeholders, "\\n" encoded as text). Image tokens are never supervised.
 - SFT samples use a chat template: each turn is `<|role|>` content `<|end|>`. Images sit in
-  the turn that is open where they appear; an image before any text opens the turn of the next
-  text part. Loss covers the assistant text and the `<|end|>` closing it, nothing else.
+  the user or system turn open where they appear; an image before any text, or right after
+  assistant text, goes into the turn of the next text part (a user turn if none follows).
+  Loss covers the assistant text and the `<|end|>` closing it, nothing else.
 - Other kinds: with `loss="all"` all text and the final `</s>` are supervised; with
   `loss="captions"` only caption and ocr samples are (their text and `</s>`).
 
@@ -113,7 +114,8 @@ class _Renderer:
             if isinstance(part, TextPart):
                 wanted = part.role
             else:
-                wanted = role if role is not None else _part_role(sample, i)
+                # Assistants do not emit images: one after an assistant turn opens the next.
+                wanted = role if role not in (None, "assistant") else _part_role(sample, i)
             if wanted != role:
                 if role is not None:
                     span.add([self.tok.special_id(END)], role == "assistant")
@@ -131,7 +133,7 @@ class _Renderer:
 
 
 def _part_role(sample: Sample, start: int) -> str:
-    """Role of the first text part at or after `start` (images before any text join it)."""
+    """Role of the first text part at or after `start`; "user" when none follows."""
     for part in sample.parts[start:]:
         if isinstance(part, TextPart):
             return part.role
