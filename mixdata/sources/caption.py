@@ -177,6 +177,10 @@ class Img2DatasetSource(RecordSource):
             locator = f"{path}#row={row}"
             yield self.guard(locator, lambda: self._parquet_sample(record, f"{stem}-{row}", locator))
 
+    def record_sample(self, record: dict, sample_id: str, locator: str) -> Sample:
+        """One parquet-layout row read elsewhere (the `hf` adapter)."""
+        return self._parquet_sample(record, sample_id, locator)
+
     def _parquet_sample(self, record: dict, sample_id: str, locator: str) -> Sample:
         status = record.get("status")
         if status is not None and status != "success":
@@ -223,6 +227,10 @@ class UrlParquetSource(RecordSource):
         for row, record in parquet_rows(unit, self.counter):
             locator = f"{path}#row={row}"
             yield self.guard(locator, lambda: self._sample(record, f"{stem}-{row}", locator, load))
+
+    def record_sample(self, record: dict, sample_id: str, locator: str) -> Sample:
+        """One row read elsewhere (the `hf` adapter); relative image refs resolve from cwd."""
+        return self._sample(record, sample_id, locator, self.loader(""))
 
     def _sample(self, record: dict, sample_id: str, locator: str, load) -> Sample:
         default_url, default_caption = URL_LIST_FIELDS[self.spec.format]

@@ -160,6 +160,10 @@ class ObelicsSource(RecordSource):
             locator = f"{unit.split('#', 1)[0]}#row={row}"
             yield self.guard(locator, lambda: self._sample(record, f"{stem}-{row}", locator, load))
 
+    def record_sample(self, record: dict, sample_id: str, locator: str) -> Sample:
+        """One row read elsewhere (the `hf` adapter); relative image refs resolve from cwd."""
+        return self._sample(record, sample_id, locator, self.loader(""))
+
     def _sample(self, record: dict, sample_id: str, locator: str, load) -> Sample:
         parts, meta = obelics_parts(record, load)
         general = parse_json(record.get("general_metadata"), "general_metadata") or {}
