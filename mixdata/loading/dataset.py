@@ -136,7 +136,7 @@ class MixdataDataset(IterableDataset):
         rng = np.random.default_rng([self.config.seed, epoch, self.rank, stream])
         order = shuffle_order(stop - start, buffer, rng)
         samples = fill_failures(lambda: positions.read(epoch, start, stop), stop - start,
-                                self._stats)
+                                positions.failures)
         batch_size = self.config.batch_size
         return chunked(shuffled(samples, order, skip * batch_size), batch_size)
 

@@ -53,11 +53,14 @@ class FailureRun:
 
     def __init__(self, limit: int, stats: LoadStats) -> None:
         self.limit, self.stats, self.run = limit, stats, 0
+        self.replaying = False  # re-reading a range to make up samples: already counted
 
     def ok(self) -> None:
         self.run = 0
 
     def failed(self, where: str, error: object, samples: int, whole_shard: bool) -> None:
+        if self.replaying:
+            return
         self.stats.add("samples_failed", samples)
         if whole_shard:
             self.stats.add("shards_failed")
@@ -136,18 +139,19 @@ class Positions:
 
 
 def fill_failures(read: Callable[[], Iterator[PackedSequence | None]], count: int,
-                  stats: LoadStats) -> Iterator[PackedSequence]:
+                  failures: FailureRun) -> Iterator[PackedSequence]:
     """Exactly `count` samples: failed positions are dropped and made up by reading the range
-    again from its start (the repeats are counted)."""
+    again from its start (the repeats are counted, the failures only once)."""
     produced, passes = 0, 0
     while produced < count:
         found = 0
+        failures.replaying = passes > 0
         for item in read():
             if item is None:
                 continue
             found += 1
             if passes:
-                stats.add("samples_repeated")
+                failures.stats.add("samples_repeated")
             yield item
             produced += 1
             if produced == count:
