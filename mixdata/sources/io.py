@@ -78,6 +78,9 @@ def _unstrip(pattern: str, path: str, fs) -> str:
 
 def is_transient(err: BaseException) -> bool:
     """Errors worth retrying: resets, timeouts and server-side (5xx, 429) failures."""
+    if isinstance(err, FileNotFoundError) and err.__cause__ is not None:
+        # fsspec's HTTP info raises FileNotFoundError(url) from a 503 once HEAD and GET fail
+        return is_transient(err.__cause__)
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return False
     status = getattr(err, "status", None) or getattr(err, "code", None)
