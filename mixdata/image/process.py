@@ -34,7 +34,7 @@ class ProcessedImage:
     meta: dict = field(default_factory=dict)
 
 
-def _needed_pixels(plan: ImagePlan, size: tuple[int, int]) -> tuple[int, int]:
+def needed_pixels(plan: ImagePlan, size: tuple[int, int]) -> tuple[int, int]:
     """Source pixels the resize needs, so a JPEG draft never goes below the target."""
     x0, y0, x1, y1 = plan.source_box or (0, 0, *size)
     scale = max(plan.resized_size[0] / (x1 - x0), plan.resized_size[1] / (y1 - y0))
@@ -62,7 +62,7 @@ def decode_planned(data: bytes, policy: ImagePolicy, images_in_sample: int = 1):
     meta = {"source_size": list(size), "format": header.format}
     if header.orientation != 1:
         meta["orientation"] = header.orientation
-    draft = draft_jpeg(source, header, _needed_pixels(plan, size))
+    draft = draft_jpeg(source, header, needed_pixels(plan, size))
     if draft > 1:
         meta["draft"] = draft
     image = load_oriented(source, meta)

@@ -13,6 +13,11 @@ from PIL import Image
 from .plan import ImagePlan
 from .process import RESAMPLE
 
+# The global view shrinks the processed image 3-4x and was a fifth of the whole idefics3 path.
+# Box-reducing by an integer factor first (while 1.5x of the scale is left for the filter)
+# cuts it 2-3x; measured against the plain filter: under one grey level of mean difference.
+GLOBAL_REDUCING_GAP = 1.5
+
 
 def _canvas(image: Image.Image, plan: ImagePlan) -> np.ndarray:
     pixels = np.asarray(image)
@@ -45,7 +50,8 @@ def tiles_from_image(image: Image.Image, plan: ImagePlan) -> np.ndarray:
     # one copy: (rows*T, cols*T, 3) seen as (rows, T, cols, T, 3), swapped into place
     grid[:] = canvas.reshape(rows, side, cols, side, 3).transpose(0, 2, 1, 3, 4)
     if plan.global_view != "none":
-        small = image.resize((side, side), RESAMPLE[plan.filter])
+        small = image.resize((side, side), RESAMPLE[plan.filter],
+                             reducing_gap=GLOBAL_REDUCING_GAP)
         views[0 if first else -1] = np.asarray(small)
     return views
 
