@@ -11,10 +11,9 @@ from mixdata.demo.evalset import write_eval
 from mixdata.image import ImagePolicy
 from mixdata.tokens import load_tokenizer
 from mixdata.tokens.tokenizer import END
-from mixdata.train.batch import collate
 from mixdata.train.evaluate import (EvalSetup, evaluate, greedy_decode, prompt_of, read_split,
                                     score_docs, sft_doc)
-from mixdata.train.loop import model_inputs, to_device
+from mixdata.train.loop import model_inputs
 from mixdata.train.model import token_losses
 from mixdata.train.report import format_table, record_eval
 from mixdata.train.stage import init_model
@@ -33,12 +32,6 @@ def setup():
     tokenizer = load_tokenizer("bytes")
     return EvalSetup(tokenizer=tokenizer, policy=ImagePolicy(preset="none", max_side=TILE),
                      tokens_per_tile=PER_TILE, seq_len=256, device=torch.device("cpu"), batch_size=4)
-
-
-def device_batch(setup, doc):
-    batch = collate([[doc]], pad_id=setup.tokenizer.pad_id, image_id=setup.tokenizer.image_id,
-                    tokens_per_tile=PER_TILE)
-    return to_device(batch, setup.device, setup.policy.mean, setup.policy.std)
 
 
 def byte_model(setup):
@@ -78,7 +71,7 @@ def test_score_matches_the_training_loss(split, setup):
     row = read_split(split, "ocr", 1)[0]
     doc = sft_doc(setup, split, row, row["answer"])
     logprob, count, _ = score_docs(model, setup, [doc])[0]
-    batch = device_batch(setup, doc)
+    batch = setup.batch([doc])
     with torch.no_grad():
         summed, n = token_losses(model(*model_inputs(batch)), batch["labels"])
     assert n == count == len(row["answer"]) + 1  # the answer bytes and <|end|>
@@ -90,7 +83,7 @@ def test_greedy_decoding_agrees_with_teacher_forced_exact_match(split, setup):
     model = byte_model(setup)
     rows = read_split(split, "ocr", None)
     docs = [sft_doc(setup, split, r, r["answer"]) for r in rows]
-    batch = device_batch(setup, docs[0])
+    batch = setup.batch([docs[0]])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(60):
         model.train()

@@ -10,16 +10,16 @@ import torch
 import torch.multiprocessing as mp
 
 from mixdata.errors import MixdataError
-from mixdata.train.batch import Doc, collate
+from mixdata.train.batch import make_batch
 from mixdata.train.checkpoint import CHECKPOINT, load_file
 from mixdata.train.config import StageTrain, StepBudget, Trainable, plan_steps
 from mixdata.train.ddp import Dist
 from mixdata.train.loop import StageRun, train_stage
 from mixdata.train.metrics import MetricsLog, read_metrics
 from mixdata.train.stage import finish_stage, start_stage
-from test_train_model import IMAGE_ID, PAD_ID, PER_TILE, TILE, make_doc, tiny_config
+from test_train_model import SPEC, make_doc, tiny_config
 
-SEQ_LEN = 32
+SEQ_LEN = 40
 CPU = Dist(0, 1, torch.device("cpu"))
 
 
@@ -42,15 +42,15 @@ class ListBatches:
         self.next = state["next"]
 
 
-def make_batches(seed, count, rows=2, with_images=True):
+def make_rows(seed, count, rows=2, with_images=True):
+    """`count` batches of `rows` rows, each row two documents (the first maybe with an image)."""
     rng = np.random.default_rng(seed)
-    batches = []
-    for _ in range(count):
-        docs = [[make_doc(rng, 12, images=1 if with_images else 0), make_doc(rng, 14)]
-                for _ in range(rows)]
-        batches.append(collate(docs, pad_id=PAD_ID, image_id=IMAGE_ID, tokens_per_tile=PER_TILE,
-                               length=SEQ_LEN))
-    return batches
+    return [[[make_doc(rng, 12, images=1 if with_images else 0), make_doc(rng, 14)]
+             for _ in range(rows)] for _ in range(count)]
+
+
+def make_batches(seed, count, rows=2, with_images=True):
+    return [make_batch(r, SPEC, length=SEQ_LEN) for r in make_rows(seed, count, rows, with_images)]
 
 
 def run_stage(tmp_path, batches, *, steps=6, micro=2, accumulation=1, stop_after=None,
@@ -94,27 +94,14 @@ def test_resume_without_checkpoint_restarts_and_metrics_are_complete(tmp_path):
 
 def test_loss_is_normalised_over_accumulation(tmp_path):
     """Two micro-batches of one row accumulate to exactly what one batch of two rows gives."""
-    rows = make_batches(2, 4, rows=2)
-    singles = []
-    for batch in rows:  # split each 2-row batch into two 1-row batches, same documents
-        for r in range(2):
-            singles.append(_row(batch, r))
-    whole, state_whole = run_stage(tmp_path / "w", rows, steps=4, micro=2)
+    rows = make_rows(2, 4, rows=2)
+    whole = [make_batch(batch_rows, SPEC, length=SEQ_LEN) for batch_rows in rows]
+    singles = [make_batch([row], SPEC, length=SEQ_LEN) for batch_rows in rows for row in batch_rows]
+    together, state_whole = run_stage(tmp_path / "w", whole, steps=4, micro=2)
     split, state_split = run_stage(tmp_path / "s", singles, steps=4, micro=1, accumulation=2)
-    np.testing.assert_allclose(split, whole, rtol=1e-5)
+    np.testing.assert_allclose(split, together, rtol=1e-5)
     for a, b in zip(state_whole.model.parameters(), state_split.model.parameters()):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
-
-
-def _row(batch, r):
-    keep = batch["tile_spans"][:, 0] == r
-    views_before = int((batch["tile_spans"][:, 0] < r).sum())
-    spans = batch["tile_spans"][keep].clone()
-    spans[:, 0] = 0
-    return {**{k: batch[k][r:r + 1] for k in ("input_ids", "labels", "position_ids", "doc_ids")},
-            "pixel_values": batch["pixel_values"][views_before:views_before + int(keep.sum())],
-            "tile_spans": spans, "num_tokens": int((batch["doc_ids"][r] >= 0).sum()),
-            "num_images": int(keep.sum())}
 
 
 def test_a_step_without_supervised_tokens_raises(tmp_path):
@@ -183,3 +170,29 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(tmp_path):
     np.testing.assert_allclose(results[0][0], single, rtol=1e-5)
     for a, b in zip(results[0][1], state.model.parameters()):
         np.testing.assert_allclose(a, b.detach().numpy(), atol=2e-5, rtol=1e-4)
+
+
+def test_resume_is_exact_on_real_shards_through_the_loader(tmp_path):
+    """Built shards, mixdata.load with a DataLoader worker: N straight == N/2 + resume + N/2."""
+    from shard_fixtures import SEQ_LEN as FIXTURE_LEN, write_stage
+
+    from mixdata.train.data import open_data
+
+    write_stage(tmp_path / "shards", [5, 7], seed=3)
+    spec = StageTrain(warmup=1)   # no budget: one pass over the 12 sequences
+    plan = plan_steps(spec, default_micro_batch=2, seq_len=FIXTURE_LEN, world_size=1,
+                      available_sequences=12)
+    assert plan.steps == 6
+
+    def attempt(folder, stop_after=None, resume=False):
+        state = start_stage(tiny_config(), spec, plan, seed=5, ctx=CPU, init_from=None)
+        run = StageRun(name="s", spec=spec, plan=plan, folder=folder, checkpoint_every=1)
+        data = open_data(tmp_path / "shards", plan, CPU, seed=11, workers=1)
+        return train_stage(state.model, state.wrapped, state.optimizer, state.scheduler, data,
+                           run, ctx=CPU, log=MetricsLog(None), resume=resume,
+                           stop_after=stop_after, progress=False)
+
+    straight = attempt(tmp_path / "a")
+    first = attempt(tmp_path / "b", stop_after=3)
+    second = attempt(tmp_path / "b", resume=True)
+    assert len(straight) == 6 and first + second == straight

@@ -1,52 +1,80 @@
 """The VLM's invariants: packed documents are isolated, features land in their spans, presets
 and connectors make the advertised number of tokens, LoRA starts as the identity."""
 import dataclasses
+import io
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mixdata.errors import MixdataError
+from mixdata.image import ImagePolicy, layout, process
+from mixdata.loading import normalize_pixels
+from mixdata.loading.collate import BatchSpec
+from mixdata.tokens import load_tokenizer
 from mixdata.train.attention import dense_document_mask, flex_available
-from mixdata.train.batch import Doc, collate
+from mixdata.train.batch import Doc, make_batch
 from mixdata.train.config import ModelSpec
 from mixdata.train.connector import ConnectorConfig
 from mixdata.train.lm import LMConfig
 from mixdata.train.lora import merge_lora, set_mode
-from mixdata.train.model import (PRESETS, VLM, ModelConfig, check_tokens_per_tile, count_parameters,
-                                 model_config, normalise_pixels)
+from mixdata.train.model import (VLM, ModelConfig, check_tokens_per_tile, count_parameters,
+                                 model_config)
 from mixdata.train.vision import VisionConfig
 
-VOCAB, IMAGE_ID, PAD_ID = 97, 96, 0
+TOKENIZER = load_tokenizer("bytes")
+IMAGE_ID, PAD_ID = TOKENIZER.image_id, TOKENIZER.pad_id
 TILE, PER_TILE = 16, 4   # patch 4 -> 4x4 grid, pixel shuffle 2 -> 4 tokens per tile
+POLICY = ImagePolicy(preset="none", max_side=TILE)   # one 16 px view per image
 
 
 def tiny_config(kind="pixel_shuffle", attention="sdpa") -> ModelConfig:
     return ModelConfig(
         vision=VisionConfig(patch=4, base_tile=TILE, dim=32, layers=2, heads=2),
         connector=ConnectorConfig(kind=kind, shuffle=2, latents=PER_TILE, layers=1, heads=2),
-        lm=LMConfig(dim=32, layers=2, heads=2, ffn=64, vocab_size=VOCAB), attention=attention)
+        lm=LMConfig(dim=32, layers=2, heads=2, ffn=64, vocab_size=TOKENIZER.vocab_size),
+        attention=attention)
+
+
+def random_image(rng):
+    pixels = rng.integers(0, 256, size=(int(rng.integers(8, 40)), int(rng.integers(8, 40)), 3),
+                          dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return process(out.getvalue(), POLICY)
+
+
+def image_ids(plan):
+    return [10 if s == "\n" else TOKENIZER.special_id(s) for s in layout(plan, PER_TILE)]
 
 
 def make_doc(rng, length, images=0) -> Doc:
-    ids = rng.integers(1, IMAGE_ID, size=length)
-    views = None
-    if images:
-        start = 2
-        ids[start:start + images * PER_TILE] = IMAGE_ID
-        views = rng.integers(0, 256, size=(images, TILE, TILE, 3), dtype=np.uint8)
-    loss = (rng.random(length) < 0.7).astype(np.uint8)
-    return Doc(ids=ids, loss=loss, views=views)
+    """`length` random text tokens with `images` real processed images after the second."""
+    ids = rng.integers(1, 256, size=length).tolist()
+    placed, at = [], 2
+    for _ in range(images):
+        processed = random_image(rng)
+        span = image_ids(processed.plan)
+        ids[at:at] = span
+        placed.append((processed, at, at + len(span)))
+        at += len(span)
+    loss = (rng.random(len(ids)) < 0.7).astype(np.uint8)
+    return Doc(ids=np.asarray(ids), loss=loss, images=tuple(placed))
+
+
+SPEC = BatchSpec(seq_len=512, pad_id=PAD_ID, image_id=IMAGE_ID, tokens_per_tile=PER_TILE,
+                 tile=TILE, mean=POLICY.mean, std=POLICY.std)
 
 
 def forward(model, batch):
-    pixels = normalise_pixels(batch["pixel_values"], (0.5,) * 3, (0.5,) * 3)
+    pixels = normalize_pixels(batch["pixel_values"], POLICY.mean, POLICY.std)
     return model(batch["input_ids"], batch["position_ids"], batch["doc_ids"], pixels,
                  batch["tile_spans"])
 
 
 def collate_rows(rows, length=None):
-    return collate(rows, pad_id=PAD_ID, image_id=IMAGE_ID, tokens_per_tile=PER_TILE, length=length)
+    return make_batch(rows, SPEC, length=length)
 
 
 @pytest.mark.parametrize("kind", ["pixel_shuffle", "perceiver"])
@@ -55,7 +83,8 @@ def test_packed_logits_equal_each_document_alone(kind):
     model = VLM(tiny_config(kind)).eval()
     rng = np.random.default_rng(1)
     docs = [make_doc(rng, 11, images=1), make_doc(rng, 7), make_doc(rng, 13, images=2)]
-    packed = collate_rows([docs], length=36)   # 31 real tokens + 5 padding
+    real = sum(len(d.ids) for d in docs)
+    packed = collate_rows([docs], length=real + 5)
     with torch.no_grad():
         packed_logits = forward(model, packed)[0]
         offset = 0
@@ -82,7 +111,7 @@ def test_flex_attention_matches_masked_sdpa():
     flex_model = VLM(tiny_config(attention="flex")).eval()
     flex_model.load_state_dict(sdpa_model.state_dict())
     rng = np.random.default_rng(2)
-    batch = collate_rows([[make_doc(rng, 9, 1), make_doc(rng, 12)], [make_doc(rng, 20, 1)]], length=32)
+    batch = collate_rows([[make_doc(rng, 9, 1), make_doc(rng, 12)], [make_doc(rng, 20, 1)]], length=64)
     with torch.no_grad():
         torch.testing.assert_close(forward(flex_model, batch), forward(sdpa_model, batch),
                                    atol=1e-5, rtol=1e-5)
@@ -98,8 +127,11 @@ def test_features_are_scattered_into_their_spans():
     with torch.no_grad():
         a, b = forward(model, batch)[0], forward(model, changed)[0]
     differs = (a - b).abs().amax(-1) > 1e-6
-    # causal: positions before the image are untouched, the image and everything after change
-    assert not differs[:2].any() and differs[2:].all()
+    _, start, end = doc.images[0]
+    placeholders = np.flatnonzero(doc.ids == IMAGE_ID)
+    # causal: tokens before the first placeholder are untouched, it and all after change
+    assert not differs[:placeholders[0]].any() and differs[placeholders[0]:].all()
+    assert start < placeholders[0] and placeholders[-1] < end
 
 
 def test_presets_make_the_advertised_tokens_and_sizes():

@@ -59,9 +59,18 @@ def stage_tile(policy) -> int:
     return plan_for(1024, 768, policy).tile
 
 
-def open_data(folder: Path, plan: StepPlan, ctx: Dist, *, seed: int):
-    """An endless, resumable stream of this rank's micro-batches from the stage's shards."""
+def open_data(folder: Path, plan: StepPlan, ctx: Dist, *, seed: int, workers: int | None = None):
+    """An endless, resumable stream of this rank's micro-batches from the stage's shards.
+
+    `mixdata.load` splits the shards over ranks with equal batches per rank, so no rank runs
+    dry first; its DataLoader workers (default: 1 on CPU, where cores are scarce, 4 on GPU)
+    decode images while the model computes.
+    """
     from .. import load
 
-    return load(str(folder), batch_size=plan.micro_batch, rank=ctx.rank,
-                world_size=ctx.world_size, seed=seed)
+    if workers is None:
+        workers = 4 if ctx.device.type == "cuda" else 1
+    dataset = load(str(folder), batch_size=plan.micro_batch, seed=seed, rank=ctx.rank,
+                   world_size=ctx.world_size)
+    return dataset.loader(num_workers=workers, pin_memory=ctx.device.type == "cuda",
+                          persistent_workers=workers > 0)

@@ -17,13 +17,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import MixdataError
 from ..image.policy import ImagePolicy
+from ..loading.collate import BatchSpec
 from ..sample import ImagePart, Sample, TextPart
-from .batch import Doc, collate
+from .batch import Doc, make_batch
 from .loop import model_inputs, to_device
 from .model import IGNORE
 
@@ -41,6 +41,20 @@ class EvalSetup:
     device: torch.device
     batch_size: int = 16
 
+    @property
+    def spec(self) -> BatchSpec:
+        from ..image import plan_for
+
+        return BatchSpec(seq_len=self.seq_len, pad_id=self.tokenizer.pad_id,
+                         image_id=self.tokenizer.image_id, tokens_per_tile=self.tokens_per_tile,
+                         tile=plan_for(1024, 768, self.policy).tile, mean=tuple(self.policy.mean),
+                         std=tuple(self.policy.std))
+
+    def batch(self, docs: list[Doc]) -> dict:
+        """One row per doc, on the device, pixels normalised."""
+        return to_device(make_batch([[d] for d in docs], self.spec), self.device,
+                         self.policy.mean, self.policy.std)
+
 
 def read_split(root: Path, task: str, limit: int | None) -> list[dict]:
     path = Path(root) / SPLITS[task]
@@ -53,8 +67,8 @@ def read_split(root: Path, task: str, limit: int | None) -> list[dict]:
 
 def render_example(setup: EvalSetup, image: bytes, texts: list[tuple[str, str | None]],
                    kind: str) -> Doc:
-    """One image followed by text parts ((text, role) pairs) -> a Doc with its views."""
-    from ..image import cut_tiles, process
+    """One image followed by text parts ((text, role) pairs) -> a Doc with its image."""
+    from ..image import process
     from ..tokens import render
 
     processed = process(image, setup.policy, images_in_sample=1)
@@ -62,7 +76,9 @@ def render_example(setup: EvalSetup, image: bytes, texts: list[tuple[str, str | 
     sample = Sample(id="eval", source="eval", kind=kind, parts=parts, meta={})
     docs = render(sample, [processed.plan], setup.tokenizer, tokens_per_tile=setup.tokens_per_tile,
                   seq_len=setup.seq_len, loss="all", on_overflow="reject")
-    return Doc(ids=docs[0].ids, loss=docs[0].loss, views=cut_tiles(processed.data, processed.plan))
+    slot = docs[0].images[0]
+    return Doc(ids=docs[0].ids, loss=docs[0].loss,
+               images=((processed, slot.start, slot.start + slot.length),))
 
 
 def sft_doc(setup: EvalSetup, root: Path, row: dict, answer: str) -> Doc:
@@ -75,12 +91,9 @@ def score_docs(model, setup: EvalSetup, docs: list[Doc]) -> list[tuple[float, in
     """Per doc: (sum of log-probs of its supervised targets, their count, all arg-max hits)."""
     model.eval()
     out = []
-    tok = setup.tokenizer
     for first in range(0, len(docs), setup.batch_size):
         chunk = docs[first:first + setup.batch_size]
-        batch = collate([[d] for d in chunk], pad_id=tok.pad_id, image_id=tok.image_id,
-                        tokens_per_tile=setup.tokens_per_tile)
-        moved = to_device(batch, setup.device, setup.policy.mean, setup.policy.std)
+        moved = setup.batch(chunk)
         logits = model(*model_inputs(moved)).float()
         labels = moved["labels"]
         supervised = labels != IGNORE
@@ -134,24 +147,18 @@ def greedy_decode(model, setup: EvalSetup, prompt: Doc, max_new_tokens: int) -> 
     """Arg-max continuation of `prompt` until `<|end|>`, `</s>` or the token limit."""
     from ..tokens.tokenizer import END
 
-    tok = setup.tokenizer
-    stops = {tok.special_id(END), tok.eos_id}
-    ids = list(prompt.ids)
-    generated: list[int] = []
+    stops = {setup.tokenizer.special_id(END), setup.tokenizer.eos_id}
+    model.eval()
+    doc, generated = prompt, []
     for _ in range(max_new_tokens):
-        doc = Doc(ids=np.asarray(ids), loss=np.zeros(len(ids), np.uint8), views=prompt.views)
-        batch = collate([[doc]], pad_id=tok.pad_id, image_id=tok.image_id,
-                        tokens_per_tile=setup.tokens_per_tile)
-        moved = to_device(batch, setup.device, setup.policy.mean, setup.policy.std)
-        token = int(model(*model_inputs(moved))[0, -1].argmax())
+        token = int(model(*model_inputs(setup.batch([doc])))[0, -1].argmax())
         generated.append(token)
         if token in stops:
             break
-        ids.append(token)
+        doc = doc.extended(token)
     return generated
 
 
 def prompt_of(doc: Doc) -> Doc:
     """The tokens before the first supervised one: what a model is given to answer."""
-    first = int(doc.loss.argmax())
-    return Doc(ids=doc.ids[:first], loss=doc.loss[:first], views=doc.views)
+    return doc.prefix(int(doc.loss.argmax()))

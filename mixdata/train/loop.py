@@ -22,7 +22,8 @@ from .checkpoint import CHECKPOINT, restore_checkpoint, save_checkpoint
 from .config import StageTrain, StepPlan
 from .ddp import Dist, all_sum, gather_objects
 from .metrics import MetricsLog, doc_lengths_squared, flop_model, mfu, peak_flops
-from .model import IGNORE, normalise_pixels, token_losses
+from ..loading import normalize_pixels
+from .model import IGNORE, token_losses
 
 
 class BatchSource(Protocol):
@@ -57,8 +58,7 @@ def to_device(batch: dict, device: torch.device, mean, std) -> dict:
     """Move the tensors the model reads, normalising uint8 pixels on the device."""
     moved = {key: batch[key].to(device, non_blocking=True)
              for key in ("input_ids", "labels", "position_ids", "doc_ids", "tile_spans")}
-    moved["pixel_values"] = normalise_pixels(batch["pixel_values"].to(device, non_blocking=True),
-                                             mean, std)
+    moved["pixel_values"] = normalize_pixels(batch["pixel_values"], mean, std, device)
     return moved
 
 

@@ -80,13 +80,6 @@ def check_tokens_per_tile(config: ModelConfig, tile: int, expected: int, where: 
             f"patch {config.vision.patch}); change image_tokens_per_tile or the model")
 
 
-def normalise_pixels(pixels: torch.Tensor, mean, std, dtype=torch.float32) -> torch.Tensor:
-    """uint8 [N, 3, T, T] -> float, (x / 255 - mean) / std per channel, done on the device."""
-    mean_t = torch.tensor(mean, device=pixels.device, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=pixels.device, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((pixels.float() / 255.0 - mean_t) / std_t).to(dtype)
-
-
 class VLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
