@@ -15,7 +15,7 @@ from mixdata.train.checkpoint import CHECKPOINT, load_file
 from mixdata.train.config import StageTrain, StepBudget, Trainable, plan_steps
 from mixdata.train.ddp import Dist
 from mixdata.train.loop import StageRun, train_stage
-from mixdata.train.metrics import MetricsLog, read_metrics
+from mixdata.train.metrics import MetricsLog, read_metrics, summarize
 from mixdata.train.stage import finish_stage, start_stage
 from test_train_model import SPEC, make_doc, tiny_config
 
@@ -90,6 +90,10 @@ def test_resume_without_checkpoint_restarts_and_metrics_are_complete(tmp_path):
         assert 0 <= record["data_wait"] < 1 and record["mfu"] is None  # no MFU on CPU
         assert set(record["lr"]) == {"vision", "vision.no_decay", "connector",
                                      "connector.no_decay", "lm", "lm.no_decay"}
+    summary = summarize(records)
+    steady = sum(r["step_time"] for r in records[1:])
+    assert summary["steps"] == 3 and summary["steps_per_s"] == pytest.approx(2 / steady)
+    assert summary["final_loss"] == records[-1]["loss"] and summary["mfu"] is None
 
 
 def test_loss_is_normalised_over_accumulation(tmp_path):

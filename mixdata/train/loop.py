@@ -21,7 +21,8 @@ from ..errors import MixdataError
 from .checkpoint import CHECKPOINT, restore_checkpoint, save_checkpoint
 from .config import StageTrain, StepPlan
 from .ddp import Dist, all_sum, gather_objects
-from .metrics import MetricsLog, doc_lengths_squared, flop_model, mfu, peak_flops
+from .metrics import (MetricsLog, doc_lengths_squared, flop_model, format_summary, mfu,
+                      peak_flops, summarize)
 from ..loading import normalize_pixels
 from .model import IGNORE, token_losses
 
@@ -124,7 +125,7 @@ def train_stage(model, wrapped, optimizer, scheduler, data: BatchSource, run: St
     stream = iter(data)
     bar = tqdm(total=run.plan.steps, initial=start, desc=f"train {run.name}", unit="step",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)
-    losses = []
+    losses, records = [], []
     for step in range(start, run.plan.steps):
         began = time.perf_counter()
         host = [next(stream) for _ in range(run.plan.accumulation)]
@@ -135,11 +136,13 @@ def train_stage(model, wrapped, optimizer, scheduler, data: BatchSource, run: St
         elapsed = time.perf_counter() - began
         counts = all_sum(ctx, meter.measure(host)).tolist()
         losses.append(loss)
-        log.write({"stage": run.name, "step": step + 1, "loss": round(loss, 6),
-                   "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
-                   "supervised_tokens": supervised, "tokens_per_s": counts[0] / elapsed,
-                   "images_per_s": counts[1] / elapsed, "data_wait": waited / elapsed,
-                   "step_time": elapsed, "mfu": mfu(counts[2], elapsed, peak, ctx.world_size)})
+        records.append({"stage": run.name, "step": step + 1, "loss": round(loss, 6),
+                        "lr": {g["name"]: g["lr"] for g in optimizer.param_groups},
+                        "supervised_tokens": supervised, "tokens_per_s": counts[0] / elapsed,
+                        "images_per_s": counts[1] / elapsed, "data_wait": waited / elapsed,
+                        "step_time": elapsed,
+                        "mfu": mfu(counts[2], elapsed, peak, ctx.world_size)})
+        log.write(records[-1])
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
         done = step + 1
@@ -148,6 +151,8 @@ def train_stage(model, wrapped, optimizer, scheduler, data: BatchSource, run: St
         if stop_after is not None and done >= stop_after:
             break
     bar.close()
+    if records and ctx.is_main and progress:
+        print(format_summary(run.name, summarize(records)))
     return losses
 
 

@@ -134,6 +134,28 @@ class MetricsLog:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+def summarize(records: list[dict]) -> dict:
+    """Throughput of a stage from its step records; the first step (warm-up, compilation)
+    is left out when there are others."""
+    steady = records[1:] or records
+    seconds = sum(r["step_time"] for r in steady)
+    mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
+    return {"steps": len(records), "steps_per_s": len(steady) / seconds,
+            "tokens_per_s": sum(r["tokens_per_s"] * r["step_time"] for r in steady) / seconds,
+            "images_per_s": sum(r["images_per_s"] * r["step_time"] for r in steady) / seconds,
+            "data_wait": sum(r["data_wait"] * r["step_time"] for r in steady) / seconds,
+            "mfu": sum(mfus) / len(mfus) if mfus else None,
+            "final_loss": records[-1]["loss"]}
+
+
+def format_summary(stage: str, summary: dict) -> str:
+    mfu_text = "n/a (CPU)" if summary["mfu"] is None else f"{summary['mfu']:.1%}"
+    return (f"stage {stage}: {summary['steps']} steps, {summary['steps_per_s']:.2f} steps/s, "
+            f"{summary['tokens_per_s']:.0f} real tokens/s, {summary['images_per_s']:.1f} "
+            f"images/s, data wait {summary['data_wait']:.1%}, MFU {mfu_text}, final loss "
+            f"{summary['final_loss']:.3f}")
+
+
 def read_metrics(path: Path) -> list[dict]:
     with open(path) as handle:
         return [json.loads(line) for line in handle if line.strip()]

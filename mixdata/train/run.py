@@ -40,6 +40,9 @@ def train_recipe(recipe, *, stage: str = "all", out: str | Path | None = None,
 
         tokenizer = load_tokenizer(recipe.tokenizer)
         model = model_config(config.model_spec, tokenizer.vocab_size)
+        for name in names:  # before any build: a mismatch would waste it
+            check_tokens_per_tile(model, stage_tile(recipe.stages[name].image),
+                                  recipe.image_tokens_per_tile, f"stage {name}")
         if ctx.is_main:
             _write_run_file(run_dir, recipe, config, model)
         for name in names:
@@ -96,7 +99,6 @@ def _run_stage(recipe, config: TrainConfig, model: ModelConfig, name: str, run_d
     shard_dir = ensure_shards(recipe, name, ctx, workers=workers, progress=progress)
     manifest = read_stage_manifest(shard_dir, recipe, name, tokenizer)
     policy = recipe.stages[name].image
-    check_tokens_per_tile(model, stage_tile(policy), recipe.image_tokens_per_tile, f"stage {name}")
     spec = config.stage(name)
     seed = (config.seed if config.seed is not None else recipe.seed) + 1000 * list(recipe.stages).index(name)
     plan = plan_steps(spec, default_micro_batch=config.micro_batch, seq_len=manifest["seq_len"],
