@@ -126,13 +126,18 @@ def test_page_timeout_kills_the_render_and_the_next_page_renders(tmp_path):
 
 def test_renderer_reports_a_missing_page_and_stops_its_worker():
     with PageRenderer(timeout_s=30, dpi=72) as renderer:
-        renderer.open(make_pdf(["one"]))
-        jpeg, width, height = renderer.render(0)
+        results = list(renderer.render(make_pdf(["one", "two"]), [0, 5, 1]))
+        assert [page for page, _ in results] == [0, 5, 1]
+        jpeg, width, height = results[0][1]
         assert (width, height) == (300, 200) and jpeg[:2] == b"\xff\xd8"
-        with pytest.raises(RecordRejected) as err:
-            renderer.render(5)
-        assert err.value.reason == "page_broken"
+        assert isinstance(results[1][1], RecordRejected) and results[1][1].reason == "page_broken"
         assert renderer._proc.is_alive()   # a page error keeps the worker
+        # a document abandoned half way must not leak its replies into the next one
+        partial = renderer.render(make_pdf(["a", "b", "c"]), [0, 1, 2])
+        next(partial)
+        partial.close()
+        (page, (jpeg, width, height)), = renderer.render(make_pdf(["x"], size=(100, 50)), [0])
+        assert (page, width, height) == (0, 100, 50)
     assert renderer._proc is None and multiprocessing.active_children() == []
 
 

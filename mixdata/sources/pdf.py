@@ -97,35 +97,44 @@ class _PdfPages(RecordSource):
                 yield self.reject(locator, "page_count_mismatch", f"the JSON annotates "
                                   f"{len(pages)} pages, the PDF has {doc.page_count}")
                 return
-            renderer.open(pdf)
             count = min(doc.page_count, self.options.max_pages or doc.page_count)
-            for index in range(count):
+            texts = [self._page_text(doc, index, pages) for index in range(count)]
+            wanted = [i for i, text in enumerate(texts) if isinstance(text, str)]
+            rendered = renderer.render(pdf, wanted)
+            for index, text in enumerate(texts):
                 page_locator = f"{locator}#page={index}"
-                yield self.guard(page_locator, lambda: self._page(
-                    doc, index, renderer, key, page_locator, pages))
+                outcome = next(rendered)[1] if isinstance(text, str) else text
+                if isinstance(outcome, RecordRejected):
+                    yield self.reject(page_locator, outcome.reason, outcome.message)
+                    continue
+                jpeg, width, height = outcome
+                image = ImagePart(data=jpeg, meta={"width": width, "height": height,
+                                                   "format": "jpeg", "page": index,
+                                                   "dpi": self.options.dpi})
+                yield ocr_sample(self.name, f"{key}/p{index}", page_locator, image, text,
+                                 {"doc": key, "page": index, "pages": doc.page_count})
 
-    def _page(self, doc, index: int, renderer: PageRenderer, key: str, locator: str,
-              pages: list | None) -> Sample:
+    def _page_text(self, doc, index: int, pages: list | None) -> str | RecordRejected:
+        """A page's text when the page is worth rendering, else why not (checked before any
+        rendering: text, then size)."""
         opts = self.options
         try:
             page = doc.load_page(index)
+            if pages is None:
+                text, missing = page.get_text().strip(), "no_text_layer"
+            else:
+                text, missing = "\n".join(page_lines(pages[index], self.spec.format)), "no_text"
+            pixels = page_pixels(page.rect, opts.dpi)
+        except RecordRejected as err:
+            return err
         except Exception as err:  # noqa: BLE001 - MuPDF reports damaged pages variously
-            raise RecordRejected("page_broken", f"{type(err).__name__}: {err}") from None
-        if pages is None:
-            text, missing = page.get_text().strip(), "no_text_layer"
-        else:
-            text, missing = "\n".join(page_lines(pages[index], self.spec.format)), "no_text"
+            return RecordRejected("page_broken", f"{type(err).__name__}: {err}")
         if not text and not opts.keep_scans:
-            raise RecordRejected(missing, f"page {index} has no text")
-        pixels = page_pixels(page.rect, opts.dpi)
+            return RecordRejected(missing, f"page {index} has no text")
         if pixels > opts.max_page_pixels:
-            raise RecordRejected("page_too_large", f"page {index} would be {pixels} px at "
-                                 f"{opts.dpi} dpi (max_page_pixels {opts.max_page_pixels})")
-        jpeg, width, height = renderer.render(index)
-        image = ImagePart(data=jpeg, meta={"width": width, "height": height, "format": "jpeg",
-                                           "page": index, "dpi": opts.dpi})
-        return ocr_sample(self.name, f"{key}/p{index}", locator, image, text,
-                          {"doc": key, "page": index, "pages": doc.page_count})
+            return RecordRejected("page_too_large", f"page {index} would be {pixels} px at "
+                                  f"{opts.dpi} dpi (max_page_pixels {opts.max_page_pixels})")
+        return text
 
     def renderer(self) -> PageRenderer:
         return PageRenderer(self.options.page_timeout_s, self.options.dpi, self.options.grayscale)

@@ -2,25 +2,32 @@
 
 Why a process: PyMuPDF holds the GIL while it rasterises and its Python API exposes no abort
 hook, so neither a watchdog thread nor a signal can stop a page that takes a minute (a single
-path of 60,000 strokes takes about that). Killing a process always works. `PageRenderer` keeps
-one worker per reader: a document is sent once, then each page is one request answered with
-JPEG bytes. When a page runs past its deadline the worker is killed, the page fails with
-`page_timeout`, and the next page starts a fresh worker.
+path of 60,000 strokes takes about that). Killing a process always works.
 
-Workers are forked from a forkserver with PyMuPDF preloaded, so starting one is cheap.
+`PageRenderer` keeps one worker per reader. A document is one request (the PDF and the pages
+wanted); the worker renders those pages in order and sends one reply per page, so it never
+waits on the reader between pages. Each page has its own deadline, counted from the previous
+reply. When a page runs past it, the worker is killed, the page fails with `page_timeout`, and
+a fresh worker renders the rest of the document.
+
+Workers are forked from a forkserver with PyMuPDF preloaded, so starting one takes
+milliseconds. Like every multiprocessing start method but fork, the forkserver imports the
+main module of the program (as `__mp_main__`): scripts need the usual
+`if __name__ == "__main__":` guard. A worker that cannot start raises MixdataError.
 """
 from __future__ import annotations
 
 import io
 import multiprocessing
-import time
+from collections.abc import Iterator
 
 import pymupdf
 from PIL import Image
 
-from ..errors import RecordRejected
+from ..errors import MixdataError, RecordRejected
 
 JPEG_QUALITY = 90
+STARTUP_TIMEOUT_S = 60.0   # a forked worker answers in milliseconds; spawn takes ~1 s
 
 
 def page_pixels(rect, dpi: int) -> int:
@@ -46,24 +53,32 @@ def render_page(page, dpi: int, grayscale: bool = False) -> tuple[bytes, int, in
 
 
 def serve(conn) -> None:
-    """The worker loop: `("open", pdf bytes)` and `("render", page, dpi, grayscale)` requests,
-    each answered with a dict, until the parent closes its end."""
+    """The worker loop. Request: `(pdf bytes, [page, ...], dpi, grayscale)`; one reply per
+    page, `{"page", "data", "width", "height"}` or `{"page", "error"}`, until EOF."""
     pymupdf.TOOLS.mupdf_display_errors(False)  # failures travel back as replies instead
-    doc = None
+    conn.send({"ready": True})
     while True:
         try:
-            request = conn.recv()
+            pdf, pages, dpi, grayscale = conn.recv()
         except EOFError:
             return
         try:
-            if request[0] == "open":
-                doc = pymupdf.open(stream=request[1], filetype="pdf")
-                conn.send({"pages": doc.page_count})
-            else:
-                data, width, height = render_page(doc.load_page(request[1]), *request[2:])
-                conn.send({"data": data, "width": width, "height": height})
-        except Exception as err:  # noqa: BLE001 - every failure is reported to the parent
-            conn.send({"error": f"{type(err).__name__}: {err}"})
+            doc = pymupdf.open(stream=pdf, filetype="pdf")
+        except Exception as err:  # noqa: BLE001 - reported for every page asked for
+            for page in pages:
+                conn.send({"page": page, "error": f"{type(err).__name__}: {err}"})
+            continue
+        with doc:
+            for page in pages:
+                conn.send(_render_reply(doc, page, dpi, grayscale))
+
+
+def _render_reply(doc, page: int, dpi: int, grayscale: bool) -> dict:
+    try:
+        data, width, height = render_page(doc.load_page(page), dpi, grayscale)
+    except Exception as err:  # noqa: BLE001 - every failure is reported to the parent
+        return {"page": page, "error": f"{type(err).__name__}: {err}"}
+    return {"page": page, "data": data, "width": width, "height": height}
 
 
 def _context():
@@ -77,16 +92,12 @@ def _context():
 
 
 class PageRenderer:
-    """Renders pages of one document at a time in a worker process, each under a deadline.
-
-    Use as a context manager; the worker starts on the first render and is stopped on exit.
-    """
+    """Renders the pages of one document at a time in a worker process, each page under a
+    deadline. Use as a context manager; the worker starts on first use and stops on exit."""
 
     def __init__(self, timeout_s: float, dpi: int, grayscale: bool = False):
         self.timeout_s, self.dpi, self.grayscale = timeout_s, dpi, grayscale
         self._proc = self._conn = None
-        self._pdf: bytes | None = None
-        self._pdf_sent = False
 
     def __enter__(self) -> "PageRenderer":
         return self
@@ -94,37 +105,42 @@ class PageRenderer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def open(self, pdf: bytes) -> None:
-        """Make `pdf` the current document (sent to the worker with the first render)."""
-        self._pdf, self._pdf_sent = pdf, False
-
-    def render(self, page: int) -> tuple[bytes, int, int]:
-        """`(jpeg, width, height)` of page `page`, or RecordRejected (`page_timeout`,
-        `page_broken`)."""
-        self._start()
-        deadline = time.monotonic() + self.timeout_s
+    def render(self, pdf: bytes, pages: list[int]
+               ) -> Iterator[tuple[int, tuple[bytes, int, int] | RecordRejected]]:
+        """`(page, (jpeg, width, height))` for each of `pages` in order, or `(page,
+        RecordRejected)` with reason `page_timeout` or `page_broken`. Consume it fully."""
+        pending, in_flight = list(pages), False
         try:
-            if not self._pdf_sent:
-                self._ask(("open", self._pdf), deadline)
-                self._pdf_sent = True
-            reply = self._ask(("render", page, self.dpi, self.grayscale), deadline)
-        except TimeoutError:
-            self.close(kill=True)
-            raise RecordRejected("page_timeout", f"page {page} took over {self.timeout_s:g} s "
-                                 f"to render at {self.dpi} dpi") from None
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            self.close(kill=True)
-            raise RecordRejected("page_broken", f"page {page} crashed the renderer") from None
-        return reply["data"], reply["width"], reply["height"]
+            while pending:
+                self._start()
+                self._conn.send((pdf, pending, self.dpi, self.grayscale))
+                batch, pending = pending, []
+                for done, page in enumerate(batch, 1):
+                    outcome = self._receive(page)
+                    killed = self._proc is None
+                    if killed:   # a fresh worker renders the rest of the document
+                        pending = batch[done:]
+                    in_flight = not killed and done < len(batch)
+                    yield page, outcome
+                    if killed:
+                        break
+        finally:
+            if in_flight:   # replies still on their way would answer the next document
+                self.close(kill=True)
 
-    def _ask(self, request: tuple, deadline: float) -> dict:
-        self._conn.send(request)
-        if not self._conn.poll(max(0.0, deadline - time.monotonic())):
-            raise TimeoutError
-        reply = self._conn.recv()
+    def _receive(self, page: int) -> tuple[bytes, int, int] | RecordRejected:
+        try:
+            if not self._conn.poll(self.timeout_s):
+                self.close(kill=True)
+                return RecordRejected("page_timeout", f"page {page} took over "
+                                      f"{self.timeout_s:g} s to render at {self.dpi} dpi")
+            reply = self._conn.recv()
+        except (EOFError, ConnectionResetError):
+            self.close(kill=True)
+            return RecordRejected("page_broken", f"page {page} crashed the renderer")
         if "error" in reply:
-            raise RecordRejected("page_broken", reply["error"])
-        return reply
+            return RecordRejected("page_broken", reply["error"])
+        return reply["data"], reply["width"], reply["height"]
 
     def _start(self) -> None:
         if self._proc is not None:
@@ -135,7 +151,15 @@ class PageRenderer:
                                      name="mixdata-pdf-render")
         self._proc.start()
         child.close()
-        self._pdf_sent = False
+        try:
+            ready = self._conn.poll(STARTUP_TIMEOUT_S) and self._conn.recv()
+        except (EOFError, ConnectionResetError):
+            ready = False
+        if not ready:
+            code = self._proc.exitcode
+            self.close(kill=True)
+            raise MixdataError(f"the PDF render worker did not start (exit code {code}); "
+                               "see its traceback above")
 
     def close(self, kill: bool = False) -> None:
         """Stop the worker: closing the pipe ends its loop; kill it if asked or if it hangs."""
