@@ -17,6 +17,7 @@ from mixdata.errors import MixdataError
 from resume_check import assert_same, check_resume
 from shard_fixtures import write_stage
 from test_load import _all_sequences, _rows
+from test_sources_remote import s3_bucket  # noqa: F401 - the shared moto S3 fixture
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -174,3 +175,15 @@ def test_pixels_survive_http_and_workers_bit_for_bit(http_root):
     assert_same(remote, local)
     assert sum(int(b["pixel_values"].shape[0]) for b in local) > 0
     assert all(b["pixel_values"].dtype == torch.uint8 for b in remote)
+
+
+def test_s3_streaming_equals_local_reading(tmp_path, s3_bucket):
+    fs, bucket = s3_bucket
+    write_stage(tmp_path / "stage", [4, 5], seed=9)
+    for path in (tmp_path / "stage").iterdir():
+        fs.put(str(path), f"{bucket}/stage/{path.name}")
+    local = _epoch(tmp_path / "stage")
+    assert_same(_epoch(f"s3://{bucket}/stage"), local)
+    remote = load(f"s3://{bucket}/stage/manifest.json", batch_size=3, seed=7,
+                  shuffle_buffer=4, epochs=1, streams=1).loader(num_workers=1)
+    assert_same(list(remote), local)

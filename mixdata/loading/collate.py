@@ -9,7 +9,9 @@ Batch contract (docs/internals.md "Shards and the loader"), B rows of L = seq_le
 - `doc_ids` int32 [B, L], the document index within its row, -1 on padding;
 - `cu_seqlens` int32 [S + 1], segment boundaries over the flattened B * L tokens, where the
   segments are the documents and each row's padding run; `max_seqlen` their longest length;
-- `pixel_values` uint8 [N, 3, T, T], every view of every image, in token order;
+- `pixel_values` uint8 [N, 3, T, T], every view of every image, in token order. Its memory
+  is channels-last (a permuted view of [N, T, T, 3], as images decode), which saves a copy
+  per batch; `normalize_pixels` or `.contiguous()` on the device give NCHW if needed;
 - `tile_spans` int64 [N, 3], (row, start, end) of each view's placeholders:
   `input_ids[row, start:end]` are all the image id and `end - start` is the tokens per view;
 - `num_tokens` (non-pad tokens) and `num_images` (ints).
@@ -42,11 +44,12 @@ class BatchSpec:
 
 @dataclass(frozen=True)
 class Row:
-    """One sequence with its image views cut: `views` uint8 [V, T, T, 3], `spans` [V, 2]."""
+    """One sequence with its images cut: per image uint8 views [V, T, T, 3] and the
+    placeholder (start, end) of each view [V, 2]."""
 
     seq: PackedSequence
-    views: np.ndarray
-    spans: np.ndarray
+    views: list[np.ndarray]
+    spans: list[np.ndarray]
 
 
 def placeholder_runs(tokens: np.ndarray, start: int, end: int, image_id: int) -> np.ndarray:
@@ -85,10 +88,7 @@ def cut_row(seq: PackedSequence, spec: BatchSpec) -> Row:
                              f"expected {per_view} each")
         views.append(cut)
         spans.append(runs)
-    if not views:
-        return Row(seq, np.zeros((0, spec.tile, spec.tile, 3), np.uint8),
-                   np.zeros((0, 2), np.int64))
-    return Row(seq, np.concatenate(views), np.concatenate(spans))
+    return Row(seq, views, spans)
 
 
 def _row_arrays(seq: PackedSequence, length: int) -> tuple[np.ndarray, ...]:
@@ -106,8 +106,12 @@ def _row_arrays(seq: PackedSequence, length: int) -> tuple[np.ndarray, ...]:
     return labels, positions, doc_ids
 
 
-def collate(rows: list[Row], spec: BatchSpec) -> dict:
-    """The batch dict of `rows` (see the module docstring)."""
+def collate(rows: list[Row], spec: BatchSpec, shared: bool = False) -> dict:
+    """The batch dict of `rows` (see the module docstring).
+
+    `shared=True` (in a DataLoader worker) builds the pixels in shared memory, as torch's
+    default_collate does, so sending the batch to the main process copies nothing.
+    """
     length, count = spec.seq_len, len(rows)
     input_ids = np.full((count, length), spec.pad_id, np.int64)
     labels = np.empty((count, length), np.int64)
@@ -120,9 +124,15 @@ def collate(rows: list[Row], spec: BatchSpec) -> dict:
         labels[b], positions[b], doc_ids[b] = _row_arrays(row.seq, length)
         bounds.append(b * length + row.seq.docs[:-1])
         bounds.append([b * length + n] if n < length else [])
-        spans.append(np.column_stack([np.full(len(row.spans), b), row.spans]))
+        spans += [np.column_stack([np.full(len(runs), b), runs]) for runs in row.spans]
     cu_seqlens = np.concatenate([*bounds, [count * length]]).astype(np.int32)
-    views = np.concatenate([row.views for row in rows])
+    views = [v for row in rows for v in row.views]
+    pixels = torch.empty((sum(len(v) for v in views), spec.tile, spec.tile, 3), dtype=torch.uint8)
+    if shared:
+        pixels.share_memory_()
+    if views:
+        np.concatenate(views, out=pixels.numpy())
+    spans = np.concatenate(spans) if spans else np.zeros((0, 3), np.int64)
     return {
         "input_ids": torch.from_numpy(input_ids),
         "labels": torch.from_numpy(labels),
@@ -130,8 +140,8 @@ def collate(rows: list[Row], spec: BatchSpec) -> dict:
         "doc_ids": torch.from_numpy(doc_ids),
         "cu_seqlens": torch.from_numpy(cu_seqlens),
         "max_seqlen": int(np.diff(cu_seqlens).max()),
-        "pixel_values": torch.from_numpy(np.ascontiguousarray(views.transpose(0, 3, 1, 2))),
-        "tile_spans": torch.from_numpy(np.concatenate(spans).astype(np.int64)),
+        "pixel_values": pixels.permute(0, 3, 1, 2),
+        "tile_spans": torch.from_numpy(spans.astype(np.int64)),
         "num_tokens": int(sum(len(row.seq.tokens) for row in rows)),
         "num_images": int(sum(len(row.seq.images) for row in rows)),
     }

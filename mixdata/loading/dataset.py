@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import MixdataError
 from .collate import BatchSpec, Row, collate, cut_row, normalize_pixels
 from .order import Component, Split, shuffle_order, worker_streams
-from .reader import FailureRun, LoadStats, Positions, chunked, fill_failures, shuffled
+from .reader import (MAX_WORKERS, FailureRun, LoadStats, Positions, chunked, fill_failures,
+                     shuffled)
 
 log = logging.getLogger("mixdata.load")
 
@@ -106,7 +107,7 @@ class MixdataDataset(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        self._stats.row = worker + 1 if info else 0
+        self._stats.row = 1 + worker % MAX_WORKERS if info else 0
         if not self._streams:
             self._streams = workers
         split = self.split(self._streams)
@@ -150,7 +151,7 @@ class MixdataDataset(IterableDataset):
                 self._stats.add("images_failed")
                 log.warning("replaced a row of a batch: %s", err)
                 rows.append(None)
-        return collate(fill_rows(rows), self.spec)
+        return collate(fill_rows(rows), self.spec, shared=get_worker_info() is not None)
 
     # --- state -----------------------------------------------------------------------------
     def _normalised(self, split: Split) -> tuple[int, int]:
