@@ -1,6 +1,7 @@
 """PDF and RenderedText adapters on real tiny PDFs, pdfa/idl tars and RenderedText tars."""
 from __future__ import annotations
 
+import gc
 import io
 import json
 import multiprocessing
@@ -12,6 +13,7 @@ from PIL import Image
 
 from mixdata.errors import RecordRejected
 from mixdata.sample import ImagePart, Sample, TextPart
+from mixdata.sources import open_source
 from mixdata.sources.pdf import annotation_pages, open_pdf, page_lines, renderedtext_parts
 from mixdata.sources.pdfrender import PageRenderer
 from ocr_fixtures import (EMPTY_PDF, encrypted_pdf, idl_json, make_pdf, pdfa_json, read_counted,
@@ -139,6 +141,27 @@ def test_renderer_reports_a_missing_page_and_stops_its_worker():
         (page, (jpeg, width, height)), = renderer.render(make_pdf(["x"], size=(100, 50)), [0])
         assert (page, width, height) == (0, 100, 50)
     assert renderer._proc is None and multiprocessing.active_children() == []
+
+
+def test_render_workers_are_reused_across_units_and_reads_may_interleave(tmp_path):
+    for name in "abc":
+        (tmp_path / f"{name}.pdf").write_bytes(make_pdf([f"{name} one", f"{name} two"]))
+    source = open_source(spec("pdf", str(tmp_path), dpi=72))
+    units = source.units()
+    first, second = source.read(units[0]), source.read(units[1])
+    interleaved = [next(first), next(second), next(first), next(second)]
+    assert [s.text() for s in interleaved] == ["a one", "b one", "a two", "b two"]
+    assert list(first) == [] and list(second) == []
+    assert len(source._idle) == 2   # two reads at once needed two workers
+    pids = {r._proc.pid for r in source._idle}
+    assert [s.text() for s in source.read(units[2])] == ["c one", "c two"]
+    assert {r._proc.pid for r in source._idle} == pids   # reused, not restarted
+    source.close()
+    assert multiprocessing.active_children() == []
+    source.read(units[0]).__next__()
+    del source
+    gc.collect()
+    assert multiprocessing.active_children() == []
 
 
 def test_pure_helpers_reject_with_reasons():

@@ -20,7 +20,9 @@ document, and read = yielded + rejected holds per unit.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import fsspec
 import pymupdf
@@ -136,8 +138,30 @@ class _PdfPages(RecordSource):
                                   f"{opts.dpi} dpi (max_page_pixels {opts.max_page_pixels})")
         return text
 
-    def renderer(self) -> PageRenderer:
-        return PageRenderer(self.options.page_timeout_s, self.options.dpi, self.options.grayscale)
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        # Idle render workers, reused across units: starting one per small PDF file would
+        # cost more than rendering it. Each read borrows its own, so reads may interleave.
+        self._idle: list[PageRenderer] = []
+        weakref.finalize(self, _close_all, self._idle)
+
+    @contextmanager
+    def renderer(self) -> Iterator[PageRenderer]:
+        renderer = self._idle.pop() if self._idle else PageRenderer(
+            self.options.page_timeout_s, self.options.dpi, self.options.grayscale)
+        try:
+            yield renderer
+        finally:
+            self._idle.append(renderer)
+
+    def close(self) -> None:
+        """Stop the idle render workers now (they also stop when the source is collected)."""
+        _close_all(self._idle)
+
+
+def _close_all(renderers: list[PageRenderer]) -> None:
+    while renderers:
+        renderers.pop().close()
 
 
 class PdfWdsSource(_PdfPages):
