@@ -109,6 +109,17 @@ def test_same_batches_for_any_worker_count_dividing_streams(stage):
         load(stage, batch_size=2, streams=2).loader(num_workers=3)
 
 
+def test_plain_dataloader_takes_its_worker_count_as_streams(stage):
+    from torch.utils.data import DataLoader
+
+    def make():
+        return load(stage, batch_size=2, seed=8, shuffle_buffer=4, epochs=1)
+
+    plain = list(DataLoader(make(), batch_size=None, num_workers=2))
+    assert_same(plain, list(make().loader(num_workers=2)))
+    assert len(plain) == sum(SIZES) // 2
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("stop", [3, 7])  # mid-epoch, and past the boundary of 6 per epoch
 def test_resume_is_exact(stage, workers, stop):
