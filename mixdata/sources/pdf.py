@@ -128,7 +128,7 @@ class _PdfPages(RecordSource):
                 text, missing = "\n".join(page_lines(pages[index], self.spec.format)), "no_text"
             pixels = page_pixels(page.rect, opts.dpi)
         except RecordRejected as err:
-            return err
+            return err.with_traceback(None)   # a kept traceback would keep this frame alive
         except Exception as err:  # noqa: BLE001 - MuPDF reports damaged pages variously
             return RecordRejected("page_broken", f"{type(err).__name__}: {err}")
         if not text and not opts.keep_scans:
