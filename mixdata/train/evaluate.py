@@ -94,7 +94,7 @@ def score_docs(model, setup: EvalSetup, docs: list[Doc]) -> list[tuple[float, in
     for first in range(0, len(docs), setup.batch_size):
         chunk = docs[first:first + setup.batch_size]
         moved = setup.batch(chunk)
-        logits = model(*model_inputs(moved)).float()
+        logits = model(*model_inputs(moved), image_features=unique_features(model, moved)).float()
         labels = moved["labels"]
         supervised = labels != IGNORE
         logprobs = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
@@ -103,6 +103,16 @@ def score_docs(model, setup: EvalSetup, docs: list[Doc]) -> list[tuple[float, in
             out.append((float(logprobs[row][supervised[row]].sum()), int(supervised[row].sum()),
                         bool(hits[row].all())))
     return out
+
+
+def unique_features(model, batch: dict) -> torch.Tensor | None:
+    """Vision features of a batch's views, each distinct view encoded once (the choices of a
+    VQA question repeat its image)."""
+    pixels = batch["pixel_values"]
+    if pixels.shape[0] == 0:
+        return None
+    distinct, inverse = torch.unique(pixels.flatten(1), dim=0, return_inverse=True)
+    return model.image_features(distinct.view(-1, *pixels.shape[1:]))[inverse]
 
 
 def eval_vqa(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:

@@ -94,12 +94,16 @@ class VLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, doc_ids: torch.Tensor,
                 pixel_values: torch.Tensor | None = None,
-                tile_spans: torch.Tensor | None = None) -> torch.Tensor:
-        """-> logits [B, L, vocab]. pixel_values are normalised floats [N, 3, T, T]."""
+                tile_spans: torch.Tensor | None = None, *,
+                image_features: torch.Tensor | None = None) -> torch.Tensor:
+        """-> logits [B, L, vocab]. pixel_values are normalised floats [N, 3, T, T];
+        `image_features` [N, tokens_per_tile, dim], when given, replace running the vision
+        path on them (eval reuses one image's features for every answer choice)."""
         embeddings = self.lm.embed(input_ids)
-        if pixel_values is not None and pixel_values.shape[0] > 0:
-            features = self.image_features(pixel_values.to(embeddings.dtype))
-            embeddings = scatter_features(embeddings, features, tile_spans)
+        if image_features is None and pixel_values is not None and pixel_values.shape[0] > 0:
+            image_features = self.image_features(pixel_values.to(embeddings.dtype))
+        if image_features is not None:
+            embeddings = scatter_features(embeddings, image_features, tile_spans)
         elif self.training and self._image_path_trains():
             embeddings = embeddings + self._dummy_image_term(embeddings)
         mask = document_mask(doc_ids, select_backend(self.config.attention, input_ids.device))

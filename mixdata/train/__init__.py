@@ -1,0 +1,27 @@
+"""The bundled trainer: a small VLM (ViT + connector + decoder LM) run over a recipe's stages.
+
+`train_recipe(recipe, ...)` trains every stage on the shards the recipe builds (building
+missing ones first) and evaluates each; `evaluate_run(run_dir)` re-evaluates a run. The
+trainer reads data through `mixdata.load` like any user; the core never imports it.
+
+Modules: `config` (the recipe's `train:` section), `vision` / `connector` / `lm` / `model`
+(the network and its presets), `attention` (document-isolated attention), `lora`, `optim`,
+`loop` (one stage's steps), `stage` (set-up and hand-over), `checkpoint`, `metrics`, `ddp`,
+`data`, `batch`, `evaluate`, `report`, `run`.
+"""
+from __future__ import annotations
+
+__all__ = ["evaluate_run", "train_recipe"]
+
+
+def __getattr__(name: str):
+    # Lazy: importing mixdata.train.config must not pull in the whole trainer.
+    if name == "train_recipe":
+        from .run import train_recipe
+
+        return train_recipe
+    if name == "evaluate_run":
+        from .report import evaluate_run
+
+        return evaluate_run
+    raise AttributeError(f"module 'mixdata.train' has no attribute {name!r}")
