@@ -151,7 +151,7 @@ def train_stage(model, wrapped, optimizer, scheduler, data: BatchSource, run: St
         if stop_after is not None and done >= stop_after:
             break
     bar.close()
-    if records and ctx.is_main and progress:
+    if records and ctx.is_main:
         print(format_summary(run.name, summarize(records)))
     return losses
 
