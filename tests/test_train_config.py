@@ -100,7 +100,8 @@ def test_modes_decide_groups_and_flops():
     layers = (torch.nn.Linear, torch.nn.Conv2d)
     matrices = lambda m: sum(x.weight.numel() for x in m.modules() if isinstance(x, layers))  # noqa: E731
     patches, views = 64, 10
-    vision = views * patches * (2 * matrices(frozen.vision) + 2 * 2 * 4 * 128 * patches)
+    layers_v, dim_v = config.vision.layers, config.vision.dim
+    vision = views * patches * (2 * matrices(frozen.vision) + 2 * 2 * layers_v * dim_v * patches)
     connector = views * 16 * 6 * matrices(frozen.connector)
     assert counted.step_flops(views=views, tile=64, doc_lengths_sq=0, tokens=0) == vision + connector
     lm_only = counted.step_flops(views=0, tile=64, doc_lengths_sq=100.0, tokens=10)
