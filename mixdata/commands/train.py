@@ -36,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     folder = train_recipe(recipe, stage=args.stage, out=args.out, device=args.device,
                           resume=args.resume, progress=not args.quiet, workers=args.workers)
-    print(f"run folder: {folder}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only the first rank reports
+        print(f"run folder: {folder}")
     return 0
