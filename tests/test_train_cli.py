@@ -27,6 +27,7 @@ def tiny_recipe(tmp_path, monkeypatch):
     return path
 
 
+@pytest.mark.slow  # ~10-25 s: three builds, three stages, four evals
 def test_train_runs_every_stage_then_eval_and_resume(tiny_recipe, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(tiny_recipe), "--out", str(run), "--device", "cpu", "--quiet",
