@@ -93,7 +93,6 @@ class EvalSpec:
     ocr: bool = True
     caption: bool = True
     max_examples: int | None = 200     # per task; None: the whole split
-    ocr_max_new_tokens: int = 24
     batch_size: int = 16
 
 
