@@ -117,6 +117,14 @@ def test_flex_attention_matches_masked_sdpa():
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(not flex_available(), reason="this torch has no flex attention")
+def test_flex_refuses_to_train_on_cpu_with_a_clear_error():
+    model = VLM(tiny_config(attention="flex")).train()
+    batch = collate_rows([[make_doc(np.random.default_rng(7), 12)]])
+    with pytest.raises(RuntimeError, match="no backward pass on CPU"):
+        forward(model, batch)
+
+
 def test_features_are_scattered_into_their_spans():
     torch.manual_seed(0)
     model = VLM(tiny_config()).eval()

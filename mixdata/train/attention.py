@@ -81,5 +81,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask
     """q, k, v: [B, heads, L, head_dim] -> [B, heads, L, head_dim]."""
     if mask.backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense)
+    if not q.is_cuda and torch.is_grad_enabled() and q.requires_grad:
+        raise RuntimeError("attention 'flex' has no backward pass on CPU in torch; train with "
+                           "attention 'auto' or 'sdpa' there (flex on CPU is for inference)")
     kernel = _compiled_flex() if q.is_cuda else flex_attention
     return kernel(q, k, v, block_mask=mask.block)
