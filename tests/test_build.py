@@ -88,7 +88,15 @@ def test_shards_read_with_stock_webdataset_and_datasets(built):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert len(samples) == manifest["packing"]["sequences"]
     assert {"tokens.npy", "loss.npy", "docs.npy", "json"} <= set(samples[0])
-    ds = load_dataset("webdataset", data_files={"train": urls}, split="train")
+    from mixdata.shards import hf_features, iter_shard
+
+    with open(urls[0], "rb") as fh:
+        sequences = list(iter_shard(fh))
+    richest = max(sequences, key=lambda s: len(s.images))
+    most = max(len(s["json"]["images"]) if isinstance(s["json"], dict)
+               else len(json.loads(s["json"])["images"]) for s in samples)
+    ds = load_dataset("webdataset", data_files={"train": urls}, split="train",
+                      features=hf_features(richest, max_images=most))
     assert len(ds) == len(samples)
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from ..shards import PackedSequence, write_shard
@@ -49,7 +50,7 @@ class _Tables:
         if path not in self.tables:
             if len(self.tables) > 64:
                 self.tables.clear()
-            self.tables[path] = ipc.open_file(ipc.memory_map(path + ".arrow")).read_all()
+            self.tables[path] = ipc.open_file(pa.memory_map(path + ".arrow")).read_all()
         table = self.tables[path]
         return {name: table[name][row].as_py() for name in
                 ("sample_id", "ids", "loss", "images", "meta")}
