@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Set-up and entry commands that work on a fresh clone with only python3 present.
 
-  python3 tools/dev.py demo   create .venv if needed, install, run the demo end to end
+  python3 tools/dev.py demo   create .venv if needed, install, then demo corpus -> build ->
+                              train -> eval on the embedded demo (CPU, ~10 min)
   python3 tools/dev.py test   create .venv if needed, install, run the test suite
 
 Uses only the standard library until the virtual environment exists.
@@ -48,10 +49,13 @@ def _run(cmd: list[str]) -> None:
 
 
 def demo(extra: list[str]) -> None:
+    """Demo corpus -> validate -> build 3 stages -> train 3 stages with an eval after each."""
     ensure_env()
     mixdata = str(BIN / "mixdata")
     _run([mixdata, "demo"])
     _run([mixdata, "validate", "recipes/demo.yaml"])
+    _run([mixdata, "build", "recipes/demo.yaml", "--stage", "all"])
+    _run([mixdata, "train", "recipes/demo.yaml", "--out", "runs/demo", *extra])
 
 
 def test(extra: list[str]) -> None:
