@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -155,8 +156,10 @@ def s3_bucket(monkeypatch):
         monkeypatch.setenv(key, value)
     fsspec.filesystem("s3").clear_instance_cache()
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("mixdata-test")
-    yield fs, "mixdata-test"
+    # moto keeps its backend state per process, so a fixed name can already exist.
+    bucket = f"mixdata-test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    yield fs, bucket
     fsspec.filesystem("s3").clear_instance_cache()
     server.stop()
 
