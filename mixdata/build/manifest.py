@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from collections import Counter
 from dataclasses import asdict
@@ -15,13 +14,11 @@ MANIFEST_FORMAT = "mixdata-shards-v1"
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
+    from ..shards import atomic_file
+
+    with atomic_file(path, "w") as fh:
         json.dump(payload, fh, indent=1, sort_keys=True)
         fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _versions() -> dict:

@@ -20,7 +20,7 @@ import pyarrow.ipc as ipc
 from ..errors import RecordRejected, Reject
 from ..sample import Sample
 
-FORMAT_VERSION = "prepare-v1"
+FORMAT_VERSION = "prepare-v2"
 
 SCHEMA = pa.schema([
     ("record", pa.int32()),          # index of the record within its unit
@@ -62,16 +62,6 @@ def unit_key(recipe, stage: str, source: str, unit: str) -> str:
         "loss": stage_spec.loss, "overflow": stage_spec.pack.on_overflow,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def dedup_key(sample: Sample) -> str:
-    digest = hashlib.sha1()
-    for part in sample.parts:
-        if hasattr(part, "text"):
-            digest.update(b"T" + " ".join(part.text.split()).lower().encode())
-        elif part.data is not None:
-            digest.update(b"I" + hashlib.sha1(part.data).digest())
-    return digest.hexdigest()
 
 
 def prepare_record(sample: Sample, policy, tokenizer, *, tokens_per_tile: int, seq_len: int,
@@ -127,7 +117,7 @@ _CONTEXT = _Context()
 
 def prepare_unit(task: UnitTask) -> dict:
     """Prepare one unit into `task.path + .arrow`/`.json`; returns the sidecar stats."""
-    from ..sources.filtering import read_clean
+    from ..sources.filtering import dedup_key, read_clean
 
     done = Path(task.path + ".json")
     if done.exists():
