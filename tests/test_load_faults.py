@@ -1,12 +1,9 @@
 """mixdata.load over HTTP, over mixtures of stages, and through corrupt and missing shards."""
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import shutil
 import tarfile
-import threading
 
 import numpy as np
 import pytest
@@ -16,26 +13,16 @@ from mixdata import load
 from mixdata.errors import MixdataError
 from resume_check import assert_same, check_resume
 from shard_fixtures import write_stage
+from loopback import serve
 from test_load import _all_sequences, _rows
 from test_sources_remote import s3_bucket  # noqa: F401 - the shared moto S3 fixture
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture
 def http_root(tmp_path):
     """(folder, base URL): `folder` served over loopback HTTP for the test's duration."""
-    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with serve(tmp_path) as (url, _):
+        yield tmp_path, url
 
 
 def _epoch(where, **kwargs):

@@ -8,6 +8,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from loopback import serve
 
 from mixdata.errors import MixdataError
 from mixdata.sources.interleaved import mmc4_parts, obelics_parts, wds_interleaved_parts
@@ -272,21 +273,10 @@ def test_demo_interleaved_files_read_with_their_reported_defects(tmp_path):
 @pytest.fixture
 def http_root(tmp_path):
     """Serve `tmp_path/www` on loopback for the duration of one test."""
-    import functools
-    import http.server
-    import threading
-
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve(root) as (url, _):
+        yield root, url
 
 
 def test_obelics_row_groups_over_http_match_the_local_read(http_root, tmp_path):
