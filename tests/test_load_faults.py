@@ -100,6 +100,25 @@ def test_corrupt_member_and_image_are_skipped(tmp_path):
         assert len(batch["tile_spans"]) == len(batch["pixel_values"])
 
 
+def test_an_image_that_fails_only_when_decoded_replaces_its_row(tmp_path, caplog):
+    write_stage(tmp_path, [8], seed=4, image_rate=1.0)
+    reference = list(load(tmp_path, batch_size=4, seed=1, shuffle_buffer=0, epochs=1,
+                          streams=1))
+    shard = tmp_path / "shard-000000.tar"
+    bad = [n for n in tarfile.open(shard).getnames() if n.endswith(".jpg")][0]
+    # header intact, so cut_row passes it; the entropy-coded data is garbage
+    _rewrite(shard, lambda n, p: p[:len(p) // 2] + b"\xff\x00" * 64 if n == bad else p)
+    ds = load(tmp_path, batch_size=4, seed=1, shuffle_buffer=0, epochs=1, streams=1)
+    batches = list(ds)
+    assert ds.stats["images_failed"] == 1 and "does not decode" in caplog.text
+    first = batches[0]
+    assert torch.equal(first["input_ids"][0], first["input_ids"][1])  # row 0 took row 1's
+    assert not torch.equal(first["input_ids"][0], reference[0]["input_ids"][0])
+    assert torch.equal(batches[1]["pixel_values"], reference[1]["pixel_values"])
+    for batch in batches:
+        assert len(batch["tile_spans"]) == len(batch["pixel_values"])
+
+
 def test_failures_in_a_row_past_the_limit_raise_naming_the_shard(tmp_path):
     write_stage(tmp_path, [4, 4], seed=5)
     shard = tmp_path / "shard-000001.tar"

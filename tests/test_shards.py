@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mixdata.errors import MixdataError
-from mixdata.shards import (PackedSequence, ShardError, hf_features, iter_shard,
+from mixdata.shards import (PackedSequence, ShardError, hf_features, iter_shard, load_array,
                             read_manifest, write_manifest, write_shard)
 from shard_fixtures import fixture_sequence, write_stage
 
@@ -106,6 +106,27 @@ def test_pickled_arrays_are_refused():
     members = [(n, buffer.getvalue() if n.endswith("tokens.npy") else p) for n, p in _members(seq)]
     with pytest.raises(ShardError, match="tokens.npy is not a valid .npy"):
         list(iter_shard(io.BytesIO(_tar_with(members))))
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(7, dtype=np.int32), np.zeros(0, np.uint8), np.ones((3, 4), np.float64),
+    np.asfortranarray(np.arange(12, dtype=np.int16).reshape(3, 4)), np.int64(5)])
+def test_npy_members_parse_as_numpy_loads_them(array):
+    for version in ((1, 0), (2, 0)):
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, array, version=version)
+        parsed = load_array("k", "x.npy", buffer.getvalue())
+        loaded = np.load(io.BytesIO(buffer.getvalue()))
+        assert parsed.dtype == loaded.dtype and np.array_equal(parsed, loaded)
+        assert parsed.flags.f_contiguous == loaded.flags.f_contiguous
+
+
+def test_npy_with_the_wrong_data_length_is_refused():
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(8, dtype=np.int32))
+    for payload in (buffer.getvalue()[:-4], buffer.getvalue() + b"\0" * 4):
+        with pytest.raises(ShardError, match=r"x\.npy is not a valid \.npy: \d+ data bytes"):
+            load_array("k", "x.npy", payload)
 
 
 def test_truncated_tar_raises_and_skip_passes_over(tmp_path):

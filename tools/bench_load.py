@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Loader throughput: mixdata.load against plain webdataset over the same tars, in one run.
 
-    .venv/bin/python tools/bench_load.py [--dir SHARD_FOLDER] [--workers 0 2] [--batch 8]
+    .venv/bin/python tools/bench_load.py [--stage noisy|photos | --dir SHARD_FOLDER]
+                                         [--workers 0 2] [--batch 8] [--repeats 3]
 
 Every side reads each packed sequence of the stage once through a shuffle buffer of the same
 size. `webdataset` (the issue's baseline) loads the `.npy` arrays and PIL-decodes every image
 to a uint8 array; `webdataset+cut` instead cuts every image's views with `cut_tiles`, the
 image work mixdata.load does; `mixdata` also validates every member and builds the full batch
-(labels, positions, cu_seqlens, tile spans). Each configuration runs in its own process, so its peak RSS (main process, and the
-largest worker) is its own. Without --dir it writes a synthetic stage (idefics3 tiles, real
-JPEGs) with `mixdata.shards.write_shard`; pass a `mixdata build` output folder to use that.
+(labels, positions, cu_seqlens, tile spans). Each configuration runs in its own process with
+one torch thread, so its time is per core and its peak RSS (main process, and the largest
+worker) is its own. Without --dir it writes a synthetic stage (`--stage`, real JPEGs) with
+`mixdata.shards.write_shard`; pass a `mixdata build` output folder to use that.
 """
 from __future__ import annotations
 
@@ -30,24 +32,35 @@ BUFFER = 256
 KINDS = ("webdataset", "webdataset+cut", "mixdata")
 
 
-def synthetic_stage(folder: Path, shards: int = 4, per_shard: int = 64, seed: int = 0) -> Path:
-    """A stage of `shards` x `per_shard` sequences of 2048 tokens with 2-3 tiled images each."""
+STAGES = {  # name: (policy, source image size, noise sigma, sequences per shard)
+    "noisy": (dict(preset="idefics3", longest_edge=512, tile=128), (640, 480), 24, 64),
+    "photos": (dict(preset="idefics3", longest_edge=1456, tile=364), (2000, 1500), 6, 32),
+}
+
+
+def synthetic_stage(folder: Path, name: str = "noisy", shards: int = 4, seed: int = 0) -> Path:
+    """A stage of `shards` shards of packed 2048-token sequences with 2-3 tiled images each:
+    `noisy` 512-px images in 128-px tiles (noise-heavy, slow to decode), `photos` 1456-px
+    photo-like images in 364-px tiles (idefics3's defaults)."""
     from PIL import Image
 
     from mixdata.image import ImagePolicy, layout, process, special_tokens
     from mixdata.shards import PackedSequence, write_manifest, write_shard
 
-    policy = ImagePolicy(preset="idefics3", longest_edge=512, tile=128)
+    params, (width, height), sigma, per_shard = STAGES[name]
+    policy = ImagePolicy(**params)
     specials = {n: 256 + i for i, n in enumerate(["<pad>", "<s>", "</s>", *special_tokens()])}
     rng = np.random.default_rng(seed)
-    smooth = np.linspace(0, 255, 640)[None, :, None] * np.ones((480, 1, 3))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    smooth = np.stack([xs / width * 255, ys / height * 200, (xs + ys) / (width + height) * 255],
+                      -1)
     infos = []
     for number in range(shards):
         sequences = []
         for index in range(per_shard):
             tokens, images, image_meta = [], [], []
             for _ in range(int(rng.integers(2, 4))):
-                noise = rng.normal(0, 24, size=smooth.shape)
+                noise = rng.normal(0, sigma, size=smooth.shape)
                 out = io.BytesIO()
                 Image.fromarray(np.clip(smooth + noise, 0, 255).astype(np.uint8)).save(
                     out, format="JPEG", quality=90)
@@ -68,7 +81,7 @@ def synthetic_stage(folder: Path, shards: int = 4, per_shard: int = 64, seed: in
         "seq_len": 2048, "image_tokens_per_tile": 16, "shards": infos,
         "tokenizer": {"identity": "bench", "sha256": "0", "vocab_size": 256 + len(specials),
                       "special_ids": specials},
-        "image_policy": {"preset": "idefics3", "longest_edge": 512, "tile": 128}})
+        "image_policy": params})
     return folder
 
 
@@ -125,8 +138,11 @@ def measure(kind: str, folder: str, workers: int, batch: int) -> dict:
     """One configuration, in this process: throughput and peak RSS."""
     run = {"mixdata": run_mixdata, "webdataset": run_webdataset,
            "webdataset+cut": lambda *a: run_webdataset(*a, decode=_cut_wds)}[kind]
+    import torch
+
     import mixdata.loading  # noqa: F401 - imports (torch, PIL, webdataset) are not timed
     import webdataset  # noqa: F401
+    torch.set_num_threads(1)  # per worker means per core: no intra-op threads in process 0
     start = time.perf_counter()
     counts = run(folder, workers, batch)
     seconds = time.perf_counter() - start
@@ -149,6 +165,8 @@ def _child(kind: str, folder: str, workers: int, batch: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", help="a built shard folder (default: a synthetic stage)")
+    parser.add_argument("--stage", choices=sorted(STAGES), default="noisy",
+                        help="which synthetic stage to write when --dir is not given")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3,
@@ -159,7 +177,7 @@ def main() -> None:
         print(json.dumps(measure(args.one, args.dir, args.workers[0], args.batch)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.dir or str(synthetic_stage(Path(tmp)))
+        folder = args.dir or str(synthetic_stage(Path(tmp), args.stage))
         # the kinds take turns within each pass, so load from other jobs hits them alike
         runs = [_child(kind, folder, workers, args.batch) for _ in range(args.repeats)
                 for workers in args.workers for kind in KINDS]

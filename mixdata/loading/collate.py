@@ -18,13 +18,17 @@ Batch contract (docs/internals.md "Shards and the loader"), B rows of L = seq_le
 """
 from __future__ import annotations
 
+import math
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import RecordRejected
-from ..image import ImagePlan, cut_tiles
+from ..image import ImagePlan
+from ..image.tiles import check_size, cut_tiles, processed_size, view_shape
 from ..image.layout import tokens_per_view
 from ..shards import PackedSequence, ShardError
 
@@ -44,12 +48,21 @@ class BatchSpec:
 
 @dataclass(frozen=True)
 class Row:
-    """One sequence with its images cut: per image uint8 views [V, T, T, 3] and the
-    placeholder (start, end) of each view [V, 2]."""
+    """One sequence with its images checked: per image its encoded bytes and plan, and the
+    placeholder (start, end) of each of its views [V, 2]. `collate` decodes each image just
+    before cutting its views into the batch, so one decoded image is alive at a time."""
 
     seq: PackedSequence
-    views: list[np.ndarray]
+    images: list[tuple[bytes, ImagePlan]]
     spans: list[np.ndarray]
+
+
+class RowFailed(ShardError):
+    """An image of row `row` of a batch passed `cut_row` but did not decode."""
+
+    def __init__(self, row: int, message: str) -> None:
+        super().__init__(message)
+        self.row = row
 
 
 def placeholder_runs(tokens: np.ndarray, start: int, end: int, image_id: int) -> np.ndarray:
@@ -61,34 +74,36 @@ def placeholder_runs(tokens: np.ndarray, start: int, end: int, image_id: int) ->
 
 
 def cut_row(seq: PackedSequence, spec: BatchSpec) -> Row:
-    """Decode and cut every image of `seq`, checking its views against its placeholders.
+    """Check every image of `seq` (plan, header size) and its views against its placeholders.
 
     Raises ShardError when an image or its token span disagrees with its plan.
     """
     if len(seq.tokens) > spec.seq_len:
         raise ShardError(f"sample {seq.key!r} holds {len(seq.tokens)} tokens, above seq_len "
                          f"{spec.seq_len}")
-    views, spans = [], []
+    images, spans = [], []
     for meta, (data, _) in zip(seq.meta.get("images", []), seq.images):
         try:
             plan = ImagePlan.from_json(meta["plan"])
-            cut = cut_tiles(bytes(data), plan)
+            shape = view_shape(plan)
+            data = bytes(data)
+            check_size(*processed_size(data), plan)
             start, end = meta["span"]
         except (KeyError, TypeError, ValueError, OSError, RecordRejected) as err:
-            raise ShardError(f"sample {seq.key!r}: image {len(views)} cannot be cut: {err}") \
+            raise ShardError(f"sample {seq.key!r}: image {len(images)} cannot be cut: {err}") \
                 from None
-        if cut.shape[1:3] != (spec.tile, spec.tile):
-            raise ShardError(f"sample {seq.key!r}: image {len(views)} has views of "
-                             f"{cut.shape[2]}x{cut.shape[1]} px, the stage's tile is {spec.tile}")
+        if shape[1:3] != (spec.tile, spec.tile):
+            raise ShardError(f"sample {seq.key!r}: image {len(images)} has views of "
+                             f"{shape[2]}x{shape[1]} px, the stage's tile is {spec.tile}")
         runs = placeholder_runs(seq.tokens, start, end, spec.image_id)
         per_view = tokens_per_view(plan, spec.tokens_per_tile)
-        if len(runs) != len(cut) or np.any(runs[:, 1] - runs[:, 0] != per_view):
-            raise ShardError(f"sample {seq.key!r}: an image of {len(cut)} views has "
+        if len(runs) != shape[0] or np.any(runs[:, 1] - runs[:, 0] != per_view):
+            raise ShardError(f"sample {seq.key!r}: an image of {shape[0]} views has "
                              f"placeholder runs {(runs[:, 1] - runs[:, 0]).tolist()}, "
                              f"expected {per_view} each")
-        views.append(cut)
+        images.append((data, plan))
         spans.append(runs)
-    return Row(seq, views, spans)
+    return Row(seq, images, spans)
 
 
 def _row_arrays(seq: PackedSequence, length: int) -> tuple[np.ndarray, ...]:
@@ -106,12 +121,59 @@ def _row_arrays(seq: PackedSequence, length: int) -> tuple[np.ndarray, ...]:
     return labels, positions, doc_ids
 
 
-def collate(rows: list[Row], spec: BatchSpec, shared: bool = False) -> dict:
-    """The batch dict of `rows` (see the module docstring).
+def fresh_pixels(shape: tuple[int, ...]) -> torch.Tensor:
+    # numpy's allocation, not torch.empty: the latter raised peak RSS by ~40 MiB in the bench
+    return torch.from_numpy(np.empty(shape, np.uint8))
 
-    `shared=True` (in a DataLoader worker) builds the pixels in shared memory, as torch's
-    default_collate does, so sending the batch to the main process copies nothing.
+
+def shared_pixels(shape: tuple[int, ...]) -> torch.Tensor:
+    """In a DataLoader worker: shared memory, as torch's default_collate does, so sending the
+    batch to the main process copies nothing."""
+    return torch.empty(shape, dtype=torch.uint8).share_memory_()
+
+
+class PixelMemory:
+    """Pixel buffers of the process that iterates without DataLoader workers, each reused
+    once the caller has dropped every tensor of the batch it was lent to.
+
+    Fresh memory costs the kernel a page fault and a zeroing per page: about 0.8 ms per
+    12-tile image of 1456 px, a tenth of its decode (BENCHMARKS.md, Loader). A lent buffer
+    is tracked by a weak reference to the array torch wraps; any tensor or array derived from
+    the batch keeps that array alive, so a buffer is only reused when nothing can see it.
     """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self.slots: list[tuple[np.ndarray, weakref.ref | None]] = []
+
+    def __call__(self, shape: tuple[int, ...]) -> torch.Tensor:
+        size = math.prod(shape)
+        if not size:
+            return fresh_pixels(shape)
+        free = [i for i, (_, lent) in enumerate(self.slots) if lent is None or lent() is None]
+        for index in free:
+            if self.slots[index][0].size >= size:
+                return self._lend(index, shape)
+        base = np.empty(size + size // 4, np.uint8)  # headroom: batches vary in views
+        if len(self.slots) < self.keep:
+            self.slots.append((base, None))
+            return self._lend(len(self.slots) - 1, shape)
+        if free:
+            self.slots[free[0]] = (base, None)
+            return self._lend(free[0], shape)
+        return torch.from_numpy(base[:size].reshape(shape))  # all lent: not pooled
+
+    def _lend(self, index: int, shape: tuple[int, ...]) -> torch.Tensor:
+        base = self.slots[index][0]
+        view = base[:math.prod(shape)].reshape(shape)
+        self.slots[index] = (base, weakref.ref(view))
+        return torch.from_numpy(view)
+
+
+def collate(rows: list[Row], spec: BatchSpec,
+            allocate: Callable[[tuple[int, ...]], torch.Tensor] = fresh_pixels) -> dict:
+    """The batch dict of `rows` (see the module docstring); `allocate(shape)` gives the uint8
+    pixel tensor (`fresh_pixels`, `shared_pixels` or a `PixelMemory`)."""
     length, count = spec.seq_len, len(rows)
     input_ids = np.full((count, length), spec.pad_id, np.int64)
     labels = np.empty((count, length), np.int64)
@@ -126,13 +188,17 @@ def collate(rows: list[Row], spec: BatchSpec, shared: bool = False) -> dict:
         bounds.append([b * length + n] if n < length else [])
         spans += [np.column_stack([np.full(len(runs), b), runs]) for runs in row.spans]
     cu_seqlens = np.concatenate([*bounds, [count * length]]).astype(np.int32)
-    views = [v for row in rows for v in row.views]
-    shape = (sum(len(v) for v in views), spec.tile, spec.tile, 3)
-    # numpy's allocation, not torch.empty: the latter raised peak RSS by ~40 MiB in the bench
-    pixels = torch.empty(shape, dtype=torch.uint8).share_memory_() if shared else \
-        torch.from_numpy(np.empty(shape, np.uint8))
-    if views:
-        np.concatenate(views, out=pixels.numpy())
+    views = sum(plan.num_views for row in rows for _, plan in row.images)
+    pixels = allocate((views, spec.tile, spec.tile, 3))
+    out, first = pixels.numpy(), 0
+    for b, row in enumerate(rows):
+        for index, (data, plan) in enumerate(row.images):
+            try:
+                cut_tiles(data, plan, out[first:first + plan.num_views])
+            except (ValueError, OSError) as err:
+                raise RowFailed(b, f"sample {row.seq.key!r}: image {index} does not decode: "
+                                   f"{err}") from None
+            first += plan.num_views
     spans = np.concatenate(spans) if spans else np.zeros((0, 3), np.int64)
     return {
         "input_ids": torch.from_numpy(input_ids),

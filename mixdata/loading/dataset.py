@@ -29,7 +29,8 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import MixdataError
-from .collate import BatchSpec, Row, collate, cut_row, normalize_pixels
+from .collate import (BatchSpec, PixelMemory, Row, RowFailed, collate, cut_row,
+                      normalize_pixels, shared_pixels)
 from .order import Component, Split, shuffle_order, worker_streams
 from .reader import (MAX_WORKERS, FailureRun, LoadStats, Positions, chunked, fill_failures,
                      shuffled)
@@ -113,12 +114,14 @@ class MixdataDataset(IterableDataset):
         split = self.split(self._streams)
         failures = FailureRun(self.config.max_failures, self._stats)
         positions = Positions(self.components, self.pattern, failures, self._stats)
+        allocate = shared_pixels if info else PixelMemory()
         epoch, done = self._normalised(split)
         while self.config.epochs is None or epoch < self.config.epochs:
-            yield from self._epoch(split, positions, epoch, done, (worker, workers))
+            yield from self._epoch(split, positions, epoch, done, (worker, workers), allocate)
             epoch, done = epoch + 1, 0
 
-    def _epoch(self, split: Split, positions: Positions, epoch: int, done: int, worker):
+    def _epoch(self, split: Split, positions: Positions, epoch: int, done: int, worker,
+               allocate):
         index, workers = worker
         offset = self._offset % workers
         owned = worker_streams(split.streams, (index + offset) % workers, workers)
@@ -127,7 +130,7 @@ class MixdataDataset(IterableDataset):
         first = done + (index + offset - done) % workers
         for j in range(first, split.batches, workers):
             rows = next(batches[j % split.streams])
-            batch = self._collate(rows)
+            batch = self._collate(rows, allocate)
             self._position = (epoch, j + 1)  # before the yield: a snapshot taken now has it
             yield batch
 
@@ -141,17 +144,25 @@ class MixdataDataset(IterableDataset):
         batch_size = self.config.batch_size
         return chunked(shuffled(samples, order, skip * batch_size), batch_size)
 
-    def _collate(self, sequences) -> dict:
+    def _collate(self, sequences, allocate) -> dict:
         """Cut every row's images; a row that fails is replaced by a neighbouring good row."""
         rows: list[Row | None] = []
         for seq in sequences:
             try:
                 rows.append(cut_row(seq, self.spec))
             except MixdataError as err:
-                self._stats.add("images_failed")
-                log.warning("replaced a row of a batch: %s", err)
-                rows.append(None)
-        return collate(fill_rows(rows), self.spec, shared=get_worker_info() is not None)
+                rows.append(self._replaced(None, err))
+        while True:
+            filled = fill_rows(rows)
+            try:
+                return collate(filled, self.spec, allocate)
+            except RowFailed as err:  # rare: collate again without the row
+                rows = [self._replaced(row, err) if row is filled[err.row] else row
+                        for row in rows]
+
+    def _replaced(self, row: Row | None, err: MixdataError) -> None:
+        self._stats.add("images_failed")
+        log.warning("replaced a row of a batch: %s", err)
 
     # --- state -----------------------------------------------------------------------------
     def _normalised(self, split: Split) -> tuple[int, int]:
