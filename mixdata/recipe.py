@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -67,7 +68,15 @@ class Relative:
     relative_to: str
 
 
-MixEntry = Union[float, Weighted, Relative]
+@dataclass(frozen=True, kw_only=True)
+class Share:
+    """A fixed share of the whole stage (MM1.5's multi-image w = 0.1), whatever the other
+    entries weigh: they split what the fixed shares leave by their weights."""
+
+    share: float
+
+
+MixEntry = Union[float, Weighted, Relative, Share]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,23 +127,39 @@ class Recipe:
 
 
 def resolve_shares(mixture: dict[str, MixEntry]) -> dict[str, float]:
+    """Shares summing to 1: `share` entries (and α entries relative to them) as given, the
+    rest split 1 - their sum by weight. ValueError (its message says what was expected) for
+    circular α references or fixed shares that leave nothing, or too little, to split."""
+    fixed: dict[str, float] = {}
     weights: dict[str, float] = {}
     pending = dict(mixture)
     while pending:
         progressed = False
         for name, entry in list(pending.items()):
             if isinstance(entry, Relative):
-                if entry.relative_to not in weights:
+                group = fixed if entry.relative_to in fixed else weights
+                if entry.relative_to not in group:
                     continue
-                weights[name] = entry.alpha * weights[entry.relative_to]
+                group[name] = entry.alpha * group[entry.relative_to]
+            elif isinstance(entry, Share):
+                fixed[name] = entry.share
             else:
                 weights[name] = float(entry.weight if isinstance(entry, Weighted) else entry)
             del pending[name]
             progressed = True
         if not progressed:
-            raise ValueError(f"circular alpha references among {sorted(pending)}")
-    total = sum(weights.values())
-    return {name: weights[name] / total for name in mixture}
+            raise ValueError(f"no circular alpha references (among {sorted(pending)})")
+    rest, total = 1.0 - sum(fixed.values()), sum(weights.values())
+    if not weights and abs(rest) > 1e-9:
+        raise ValueError(f"fixed shares summing to 1 when no source has a weight (they sum to "
+                         f"{1 - rest:g})")
+    if weights and total <= 0:
+        raise ValueError("weights that are not all zero")
+    if weights and rest <= 1e-9:
+        raise ValueError(f"fixed shares summing below 1, leaving a part for the weighted "
+                         f"sources (they sum to {1 - rest:g})")
+    scale = rest / total if weights else 0.0
+    return {name: fixed[name] if name in fixed else weights[name] * scale for name in mixture}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,6 +177,18 @@ class _Top:
 _SOURCE_COMMON = ("format", "uri", "filters")
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads exponent floats as YAML 1.2 does: PyYAML follows YAML
+    1.1, whose float needs a dot and a signed exponent, so `7.68e6` and `1e-4` stay strings
+    and an integer field such as `sequences: 2e5` would be refused."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     try:
@@ -159,7 +196,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except OSError as err:
         raise RecipeError("", "", str(path), f"a readable recipe file ({err.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         raise RecipeError("", "", "invalid YAML", f"valid YAML ({err})", file=str(path)) from None
     return parse_recipe(data, file=str(path), default_name=path.stem)
@@ -219,21 +256,21 @@ def _parse_stage(name: str, raw: Any, sources: dict, file: str | None) -> StageS
                            "another source of this stage's mixture")
             if entry.alpha < 0:
                 raise fail(f"mixture.{src}.alpha", entry.alpha, "a non-negative number")
+        elif isinstance(entry, Share):
+            if not 0 <= entry.share <= 1:
+                raise fail(f"mixture.{src}.share", entry.share, "a share between 0 and 1")
         else:
             weight = entry.weight if isinstance(entry, Weighted) else entry
             if weight < 0:
                 raise fail(f"mixture.{src}", weight, "a non-negative weight")
-    weights = [e for e in stage.mixture.values() if not isinstance(e, Relative)]
-    if not weights:
-        raise fail("mixture", raw.get("mixture"), "at least one source with a weight "
+    roots = [e for e in stage.mixture.values() if not isinstance(e, Relative)]
+    if not roots:
+        raise fail("mixture", raw.get("mixture"), "at least one source with a weight or share "
                    "(alpha entries need a reference)")
     try:
-        shares = resolve_shares(stage.mixture)
+        resolve_shares(stage.mixture)
     except ValueError as err:
-        raise fail("mixture", raw.get("mixture"), f"no circular alpha references ({err})") from None
-    except ZeroDivisionError:
-        raise fail("mixture", raw.get("mixture"), "weights that are not all zero") from None
+        raise fail("mixture", raw.get("mixture"), str(err)) from None
     if stage.max_epochs <= 0:
         raise fail("max_epochs", stage.max_epochs, "a positive number")
-    del shares
     return stage

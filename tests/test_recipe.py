@@ -9,7 +9,7 @@ import yaml
 
 from mixdata.cli import main
 from mixdata.errors import RecipeError
-from mixdata.recipe import Relative, load_recipe
+from mixdata.recipe import RecipeLoader, Relative, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
 
@@ -95,6 +95,17 @@ ERROR_CASES = {
                        "sources.text.format", "'parquet-txt'", "one of cauldron,"),
     "missing uri": (lambda d: d["sources"]["web"].pop("uri"), "sources.web.uri", "'nothing'",
                     "a path, glob or URL (required)"),
+    "share above 1": (lambda d: d["stages"]["pretrain"]["mixture"].update(text={"share": 1.5}),
+                      "stages.pretrain.mixture.text.share", "1.5", "a share between 0 and 1"),
+    "shares leaving nothing to weigh": (
+        lambda d: d["stages"]["pretrain"]["mixture"].update(text={"share": 1.0}),
+        "stages.pretrain.mixture", "{'web'", "fixed shares summing below 1, leaving a part for "
+        "the weighted sources (they sum to 1)"),
+    "shares alone not summing to 1": (
+        lambda d: d["stages"]["pretrain"].update(mixture={"web": {"share": 0.5},
+                                                          "text": {"share": 0.2}}),
+        "stages.pretrain.mixture", "{'web'", "fixed shares summing to 1 when no source has a "
+        "weight (they sum to 0.7)"),
     "unknown preset": (lambda d: d["stages"]["sft"]["image"].update(preset="llava"),
                        "stages.sft.image.preset", "'llava'", "one of 'none', 'idefics3'"),
 }
@@ -120,6 +131,34 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     bad.write_text("stages: [unclosed\n")
     with pytest.raises(RecipeError, match=r"bad\.yaml: <root>: found 'invalid YAML', expected valid YAML"):
         load_recipe(bad)
+
+
+def test_exponent_numbers_read_as_yaml_1_2_floats(tmp_path):
+    text = yaml.safe_dump(BASE, sort_keys=False).replace(
+        "tokens: 1.0e6", "sequences: 2e3").replace("weight: 2.0", "weight: 2E+0")
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    recipe = load_recipe(path)
+    assert recipe.stages["pretrain"].budget.sequences == 2000  # an integer field
+    assert recipe.stages["sft"].mixture["general"].weight == 2.0
+    loaded = yaml.load("[7.68e6, 1e-4, .5e1, -3E2, e5, 1e, 2e3x, '1e3', 12]",
+                       Loader=RecipeLoader)
+    assert loaded == [7.68e6, 1e-4, 5.0, -300.0, "e5", "1e", "2e3x", "1e3", 12]
+    path.write_text(text.replace("sequences: 2e3", "sequences: 2.5e0"))
+    with pytest.raises(RecipeError, match="sequences: found 2.5, expected an integer"):
+        load_recipe(path)
+
+
+def test_share_entries_are_fixed_and_the_rest_split_by_weight(tmp_path):
+    data = edited(lambda d: d["stages"]["sft"]["mixture"].update(
+        code={"share": 0.1}, math={"alpha": 0.5, "relative_to": "code"}))
+    shares = load_recipe(write(tmp_path, data)).stages["sft"].shares()
+    # code 0.1 and math 0.5 x 0.1 are fixed; general, the only weight, takes the 0.85 left
+    assert shares == pytest.approx({"general": 0.85, "math": 0.05, "code": 0.1})
+    data = edited(lambda d: d["stages"]["pretrain"].update(
+        mixture={"web": {"share": 0.25}, "pairs": {"share": 0.75}}))
+    shares = load_recipe(write(tmp_path, data)).stages["pretrain"].shares()
+    assert shares == pytest.approx({"web": 0.25, "pairs": 0.75})
 
 
 def test_validate_prints_shares_and_exits_0(tmp_path, capsys):
