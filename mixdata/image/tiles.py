@@ -34,16 +34,23 @@ def check_size(width: int, height: int, plan: ImagePlan) -> None:
                          f"{plan.resized_size[0]}x{plan.resized_size[1]}")
 
 
+def _jpeg_header(data: bytes) -> tuple[int, int, str] | None:
+    """(width, height, colorspace) of a JPEG header simplejpeg reads, else None (not a JPEG,
+    or one for Pillow to read or to explain)."""
+    if data[:2] != JPEG_MAGIC:
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return width, height, colorspace
+
+
 def processed_size(data: bytes) -> tuple[int, int]:
     """(width, height) of processed image bytes from the header alone; ValueError or OSError
     when there is no readable header."""
-    if data[:2] == JPEG_MAGIC:
-        try:
-            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-            return width, height
-        except ValueError:
-            pass  # Pillow below gives the real error, or reads it after all
-    return Image.open(io.BytesIO(data)).size
+    header = _jpeg_header(data)
+    return header[:2] if header else Image.open(io.BytesIO(data)).size
 
 
 def decode_processed(data: bytes, plan: ImagePlan) -> np.ndarray:
@@ -53,17 +60,13 @@ def decode_processed(data: bytes, plan: ImagePlan) -> np.ndarray:
     Pillow); anything else, or a JPEG it cannot take, through Pillow. The size is checked on
     the header, before decoding: ValueError when it is not the plan's.
     """
-    if data[:2] == JPEG_MAGIC:
+    header = _jpeg_header(data)
+    if header and header[2] in SIMPLEJPEG_COLORSPACES:
+        check_size(header[0], header[1], plan)
         try:
-            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except ValueError:
-            colorspace = None  # Pillow below gives the real error, or reads it after all
-        if colorspace in SIMPLEJPEG_COLORSPACES:
-            check_size(width, height, plan)
-            try:
-                return simplejpeg.decode_jpeg(data, colorspace="RGB")
-            except ValueError:
-                pass
+            pass  # Pillow below gives the real error, or reads it after all
     image = Image.open(io.BytesIO(data))
     check_size(*image.size, plan)
     image.load()
@@ -137,7 +140,6 @@ def global_view(pixels: np.ndarray, plan: ImagePlan, out: np.ndarray) -> None:
 
 def tiles_from_image(image: Image.Image, plan: ImagePlan) -> np.ndarray:
     """uint8 views of `view_shape(plan)` of a decoded processed image (see `tiles_into`)."""
-    check_size(*image.size, plan)
     pixels = _writable_rgb(image)
     views = np.empty(view_shape(plan), np.uint8)
     tiles_into(pixels, plan, views)

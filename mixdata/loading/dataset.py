@@ -151,16 +151,17 @@ class MixdataDataset(IterableDataset):
             try:
                 rows.append(cut_row(seq, self.spec))
             except MixdataError as err:
-                rows.append(self._replaced(None, err))
+                self._row_failed(err)
+                rows.append(None)
         while True:
             filled = fill_rows(rows)
             try:
                 return collate(filled, self.spec, allocate)
             except RowFailed as err:  # rare: collate again without the row
-                rows = [self._replaced(row, err) if row is filled[err.row] else row
-                        for row in rows]
+                self._row_failed(err)
+                rows = [None if row is filled[err.row] else row for row in rows]
 
-    def _replaced(self, row: Row | None, err: MixdataError) -> None:
+    def _row_failed(self, err: MixdataError) -> None:
         self._stats.add("images_failed")
         log.warning("replaced a row of a batch: %s", err)
 

@@ -11,17 +11,10 @@ Modules: `config` (the recipe's `train:` section), `vision` / `connector` / `lm`
 """
 from __future__ import annotations
 
+from ..lazy import lazy_exports
+
 __all__ = ["evaluate_run", "train_recipe"]
 
 
-def __getattr__(name: str):
-    # Lazy: importing mixdata.train.config must not pull in the whole trainer.
-    if name == "train_recipe":
-        from .run import train_recipe
-
-        return train_recipe
-    if name == "evaluate_run":
-        from .report import evaluate_run
-
-        return evaluate_run
-    raise AttributeError(f"module 'mixdata.train' has no attribute {name!r}")
+# Lazy: importing mixdata.train.config must not pull in the whole trainer.
+__getattr__ = lazy_exports(__name__, {"train_recipe": ".run", "evaluate_run": ".report"})
