@@ -290,7 +290,7 @@ def locate_manifest(path_or_url: str | Path) -> tuple[str, str]:
 
 def read_manifest(path_or_url: str | Path) -> dict:
     """The manifest of a built stage; MixdataError when it is missing or unreadable."""
-    from .sources.io import read_bytes
+    from .storage import read_bytes
 
     _, url = locate_manifest(path_or_url)
     try:

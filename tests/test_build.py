@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from build_fixtures import write_corpus, write_recipe
-from mixdata.build import build_stage
+from mixdata.building import build_stage
 from mixdata.errors import MixdataError
 from mixdata.recipe import load_recipe
 

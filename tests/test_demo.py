@@ -21,7 +21,7 @@ from PIL import Image
 from mixdata.cli import main
 from mixdata.demo import corpus
 from mixdata.demo.content import OCR_WORDS
-from mixdata.sources.io import expand
+from mixdata.storage import expand
 
 SCALE = 0.1
 

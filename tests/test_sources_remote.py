@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mixdata.sources import open_source
-from mixdata.sources.io import RetryCounter, open_binary
+from mixdata.storage import RetryCounter, open_binary
 from ocr_fixtures import make_pdf, pdfa_json, read_counted
 from source_fixtures import image_bytes, spec, write_tar
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mixdata.build import build_stage
+from mixdata.building import build_stage
 from mixdata.mix import random_schedule, schedule, window_deviation
 from mixdata.pack import PackItem, efficiency, pack, pack_first_fit, pack_one_per_sequence
 from mixdata.recipe import parse_recipe

@@ -33,8 +33,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..build import build_stage
-    from ..build.report import summary_table
+    from ..building import build_stage
+    from ..building.report import summary_table
     from ..recipe import load_recipe
 
     recipe = load_recipe(args.recipe)

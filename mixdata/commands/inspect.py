@@ -43,7 +43,7 @@ def spans(mask) -> list[tuple[int, int]]:
 def find_sequence(folder: str, manifest: dict, index: int):
     from ..errors import MixdataError
     from ..shards import iter_shard
-    from ..sources.io import open_binary
+    from ..storage import open_binary
 
     total = sum(s["samples"] for s in manifest["shards"])
     if not 0 <= index < total:

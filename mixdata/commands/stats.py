@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..build.report import summary_table
+    from ..building.report import summary_table
     from ..shards import read_manifest
 
     manifest = read_manifest(args.dir)

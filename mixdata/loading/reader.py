@@ -18,7 +18,7 @@ import torch
 
 from ..errors import MixdataError
 from ..shards import PackedSequence, ShardError, iter_shard
-from ..sources.io import RetryCounter, open_binary
+from ..storage import RetryCounter, open_binary
 from .order import Component, component_runs, virtual_segments
 
 log = logging.getLogger("mixdata.load")

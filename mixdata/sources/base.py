@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Reject
 from ..sample import Sample
-from .io import RetryCounter
+from ..storage import RetryCounter
 
 
 @dataclass

@@ -15,7 +15,7 @@ import fsspec
 
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Sample, TextPart
-from .io import exists, expand, read_bytes
+from ..storage import exists, expand, read_bytes
 from .records import (RecordSource, base_dir, file_stem, parquet_rows, parquet_units,
                       parse_json, require, score_fields, text_lines)
 from .tario import group_members, iter_tar_groups

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Part, Sample, TextPart
-from .io import expand
+from ..storage import expand
 from .records import (RecordSource, TarRecordSource, base_dir, file_stem, jsonl_records,
                       parquet_rows, parquet_units, parse_json, require, score_fields)
 

@@ -29,7 +29,7 @@ import pymupdf
 
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Sample, TextPart
-from .io import expand, read_bytes
+from ..storage import expand, read_bytes
 from .pdfrender import PageRenderer, page_pixels
 from .records import RecordSource, TarRecordSource, file_stem, parse_json, require
 from .tario import iter_tar_groups

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from ..errors import RecordRejected, Reject
 from ..sample import Sample, TextPart
-from .io import expand
+from ..storage import expand
 from .records import (RecordSource, file_stem, jsonl_records, parquet_rows, parquet_units,
                       require, score_fields)
 

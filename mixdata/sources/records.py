@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from ..errors import MixdataError, RecordRejected, Reject
 from ..sample import ImagePart, Sample
 from .base import Source
-from .io import RetryCounter, expand, open_binary, open_text
+from ..storage import RetryCounter, expand, open_binary, open_text
 from .resolve import resolve_image
 from .tario import iter_tar_groups
 

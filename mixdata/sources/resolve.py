@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 
-from .io import RetryCounter, read_bytes, resolve_demo
+from ..storage import RetryCounter, read_bytes, resolve_demo
 
 
 def mirror_key(ref: str, image_key: str) -> str:

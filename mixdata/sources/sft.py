@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Part, Sample, TextPart
-from .io import RetryCounter, expand, open_text
+from ..storage import RetryCounter, expand, open_text
 from .records import (RecordSource, base_dir, file_stem, jsonl_records, parquet_rows,
                       parquet_units, require)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from webdataset.tariterators import base_plus_ext
 
 from ..errors import MixdataError
-from .io import RetryCounter, open_binary
+from ..storage import RetryCounter, open_binary
 
 
 def group_members(members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -11,7 +11,7 @@ from .ddp import Dist, barrier
 
 
 def shard_folder(recipe, stage: str) -> Path:
-    from ..build import default_out
+    from ..building import default_out
 
     return default_out(recipe, stage)
 
@@ -20,7 +20,7 @@ def ensure_shards(recipe, stage: str, ctx: Dist, *, workers: int = 1, progress: 
     """The stage's shard folder; the main rank builds it first when it has no manifest."""
     folder = shard_folder(recipe, stage)
     if ctx.is_main and not (folder / "manifest.json").exists():
-        from ..build import build_stage
+        from ..building import build_stage
 
         print(f"stage {stage}: no shards at {folder}, building them first")
         folder = Path(build_stage(recipe, stage, workers=workers, progress=progress))

@@ -29,7 +29,7 @@ def resolve_demo(uri: str) -> str:
     """`demo://caption/x.tar` -> a path in the demo corpus, generating it on first use."""
     if not uri.startswith(DEMO_SCHEME):
         return uri
-    from ..demo.corpus import ensure_corpus  # the demo is only imported when used
+    from .demo.corpus import ensure_corpus  # the demo is only imported when used
 
     return str(Path(ensure_corpus()) / uri[len(DEMO_SCHEME):])
 
