@@ -50,7 +50,7 @@ def recipe(tmp_path):
 def test_text_report_shows_samples_counts_and_balance(recipe, capsys):
     assert main(["sources", recipe, "-n", "1"]) == 0
     out = capsys.readouterr().out
-    assert "== web (jsonl-text)" in out and "[1] web-1  text" in out
+    assert "== web (jsonl-text)" in out and "[1] a  text" in out  # the record's own id
     assert "[2]" not in out   # -n 1
     assert "read 4  yielded 2  rejected 2  retries 0  (1 units)" in out
     assert "filter:min_words" in out and "bad_json" in out

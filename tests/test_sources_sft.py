@@ -95,7 +95,7 @@ def test_llava_array_and_jsonl(tmp_path, layout):
     items, stats = read_counted(spec("llava", path))
     got = [_layout(i) if isinstance(i, Sample) else i.reason for i in items]
     assert got == LLAVA_EXPECTED
-    assert items[0].meta["record_id"] == "000000033471"
+    assert items[0].id == "000000033471"  # the record's own id
     suffix = "item=0" if layout == "array" else "line=1"
     assert items[0].meta["locator"] == f"{path}#{suffix}"
     assert stats.read == len(LLAVA) == stats.yielded + sum(stats.rejected.values())

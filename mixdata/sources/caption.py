@@ -132,6 +132,9 @@ class Img2DatasetSource(RecordSource):
         stem, seen = file_stem(unit), set()
         for key, members, locator in groups:
             seen.add(posixpath.basename(key))
+            if isinstance(members, RecordRejected):
+                yield self.reject(locator, members.reason, members.message)
+                continue
             yield self.guard(locator, lambda: self._sample(members, f"{stem}-{key}", locator))
         shard = next((unit.removesuffix(s) for s in _TAR_SUFFIXES if unit.endswith(s)),
                      unit.rstrip("/"))

@@ -16,8 +16,9 @@ from io import BytesIO
 
 from PIL import Image
 
-from ..errors import RecordRejected, Reject
+from ..errors import RecordRejected, Reject, UnitDamaged
 from ..sample import ImagePart, Sample, TextPart
+from ..storage import StorageError
 from ..text import (char_repetition, clean_text, dedup_text, special_char_ratio, stopword_ratio,
                     word_count, word_repetition)
 from .options import Filters
@@ -135,10 +136,21 @@ def check_filters(sample: Sample, filters: Filters) -> tuple[str, str] | None:
             or check_image_sizes(images, filters))
 
 
+def read_unit(source, unit: str) -> Iterator[Sample | Reject]:
+    """`source.read(unit)`, with damage to the unit as its last item: a Reject whose locator
+    names the unit and where reading stopped (`unit_truncated`, `unit_unreachable`, ...)."""
+    try:
+        yield from source.read(unit)
+    except UnitDamaged as err:
+        yield source.reject(err.locator, err.reason, err.message)
+    except StorageError as err:
+        yield source.reject(unit, "unit_unreachable", str(err))
+
+
 def read_clean(source, unit: str) -> Iterator[Sample | Reject]:
-    """`source.read(unit)` with text cleaned and the source's filters applied."""
+    """`read_unit(source, unit)` with text cleaned and the source's filters applied."""
     filters = source.spec.filters
-    for item in source.read(unit):
+    for item in read_unit(source, unit):
         if isinstance(item, Reject):
             yield item
             continue

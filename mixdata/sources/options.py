@@ -18,7 +18,9 @@ class ImageResolution:
     """How an adapter finds images that a record names by URL or path instead of carrying."""
 
     images_root: str | None = None   # local mirror folder (or fsspec URL) of the images
-    image_key: Literal["path", "name", "sha1"] = "name"  # how a ref maps into images_root
+    # How a ref maps into images_root: its relative `path`, its file `name`, or the `sha1` of
+    # the ref. None takes the format's own convention (DEFAULT_IMAGE_KEYS).
+    image_key: Literal["path", "name", "sha1"] | None = None
     fetch: bool = False              # fetch refs missing from the mirror through fsspec
 
 
@@ -79,6 +81,18 @@ FORMAT_OPTIONS: dict[str, type] = {
     "parquet-text": TextOptions, "jsonl-text": TextOptions,
     "cauldron": SftOptions, "llava": SftOptions, "chat-messages": SftOptions,
     "hf": HfOptions,
+}
+
+
+# How each format's own tools find a referenced image under its image folder: LLaVA, chat
+# messages and the_cauldron name images by their path relative to the image folder
+# (`coco/train2017/000000391895.jpg`); MMC4 by `image_name`; URL lists and OBELICS by the URL,
+# whose file name is what img2dataset-style mirrors keep.
+DEFAULT_IMAGE_KEYS: dict[str, str] = {
+    "llava": "path", "chat-messages": "path", "cauldron": "path",
+    "obelics": "name", "omnicorpus": "name", "mmc4": "name",
+    "cc3m-tsv": "name", "cc12m-tsv": "name", "laion-parquet": "name", "datacomp-parquet": "name",
+    "img2dataset": "name",
 }
 
 

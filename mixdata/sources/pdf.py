@@ -174,6 +174,9 @@ class PdfWdsSource(_PdfPages):
         with self.renderer() as renderer:
             stem = file_stem(unit)
             for key, members, locator in iter_tar_groups(unit, self.counter):
+                if isinstance(members, RecordRejected):
+                    yield self.reject(locator, members.reason, members.message)
+                    continue
                 yield from self.document(renderer, members.get("pdf"), f"{stem}-{key}", locator,
                                          members.get("json"), annotated=True)
 
