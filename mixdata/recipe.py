@@ -27,6 +27,9 @@ class SourceSpec:
     uri: str | list[str]
     options: Any               # the format's options dataclass (sources/options.py)
     filters: Filters = field(default_factory=Filters)
+    # A build stops when more than this share of the records read so far were rejected
+    # (checked once at least 100 were read); 1.0 turns the check off.
+    max_reject_ratio: float = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +177,7 @@ class _Top:
     train: dict = field(default_factory=dict)
 
 
-_SOURCE_COMMON = ("format", "uri", "filters")
+_SOURCE_COMMON = ("format", "uri", "filters", "max_reject_ratio")
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -233,9 +236,14 @@ def _parse_source(name: str, raw: Any, file: str | None) -> SourceSpec:
         raise RecipeError("", f"{key}.uri", "nothing", "a path, glob or URL (required)", file=file)
     uri = parse(Union[str, list[str]], raw["uri"], f"{key}.uri", file)
     filters = parse(Filters, raw.get("filters", {}), f"{key}.filters", file)
+    ratio = parse(float, raw.get("max_reject_ratio", 0.5), f"{key}.max_reject_ratio", file)
+    if not 0 <= ratio <= 1:
+        raise RecipeError("", f"{key}.max_reject_ratio", ratio,
+                          "a share from 0 to 1 (1.0 turns the check off)", file=file)
     rest = {k: v for k, v in raw.items() if k not in _SOURCE_COMMON}
     options = parse(FORMAT_OPTIONS[fmt], rest, key, file)
-    return SourceSpec(name=name, format=fmt, uri=uri, options=options, filters=filters)
+    return SourceSpec(name=name, format=fmt, uri=uri, options=options, filters=filters,
+                      max_reject_ratio=ratio)
 
 
 def _parse_stage(name: str, raw: Any, sources: dict, file: str | None) -> StageSpec:

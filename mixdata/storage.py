@@ -5,10 +5,14 @@ reopening at the byte offset already consumed, and count each retry in a `RetryC
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
+import json
+import os
 import re
+import secrets
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -250,3 +254,61 @@ def exists(url: str) -> bool:
         return Path(local_path(url)).exists()
     fs, _, paths = fsspec.get_fs_token_paths(url)
     return fs.exists(paths[0])
+
+
+# --- writing: every file mixdata writes goes through `atomic_file` ---------------------------
+
+TEMP_MARK = ".tmp-"  # what a temp name holds; a folder's leftovers of crashed runs match it
+
+
+def temp_name(path: Path) -> Path:
+    """A unique sibling temp name: two writers of the same file never share one."""
+    return path.with_name(f"{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb"):
+    """Open a unique temp sibling of `path` for writing; on success fsync it, rename it to
+    `path` and fsync the folder, so `path` is either the complete new file or untouched; on
+    failure remove the temp file."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename inside `folder` durable (POSIX: the folder entry is flushed)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_file(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_json_atomic(path: str | Path, payload, *, indent: int | None = 1) -> None:
+    """`payload` as JSON with sorted keys (so equal content gives equal bytes)."""
+    with atomic_file(path, "w") as fh:
+        json.dump(payload, fh, indent=indent, sort_keys=True)
+        fh.write("\n")
+
+
+def remove_temp_files(folder: Path) -> None:
+    """Delete what crashed writers left in `folder` (never a final name)."""
+    for leftover in Path(folder).glob(f"*{TEMP_MARK}*"):
+        leftover.unlink(missing_ok=True)

@@ -188,3 +188,30 @@ def test_small_data_and_bad_arguments_are_clear(stage, tmp_path):
         load(stage, batch_size=0)
     with pytest.raises(MixdataError, match="rank 2 is outside"):
         load(stage, batch_size=1, rank=2, world_size=2, streams=1)
+
+
+EARLY_EXIT = """
+import sys
+from mixdata import load
+ds = load(sys.argv[1], batch_size=2, seed=0)
+workers = int(sys.argv[2])
+source = ds.loader(num_workers=workers) if workers else ds
+if sys.argv[3] == "break":
+    for i, batch in enumerate(source):
+        if i == 1:
+            break
+else:  # the iterator is still referenced when the interpreter shuts down
+    batches = iter(source)
+    first, second = next(batches), next(batches)
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("style", ["break", "held"])
+def test_leaving_a_loop_early_and_exiting_prints_nothing(stage, workers, style):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", EARLY_EXIT, str(stage), str(workers), style],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == ""

@@ -155,6 +155,18 @@ def test_tsv_captions(tmp_path, fmt):
         ("3", "bad_row"), ("4", "no_content"), ("6", "image_missing")]
 
 
+def test_tsv_file_urls_are_percent_decoded(tmp_path):
+    """CC3M-style lists write local images as file:// URLs, percent-encoded."""
+    folder = tmp_path / "my photos"
+    folder.mkdir()
+    (folder / "cat 1.jpg").write_bytes(JPEGS[KEYS[0]])
+    url = "file://" + str(folder).replace(" ", "%20") + "/cat%201.jpg"
+    path = tmp_path / "train.tsv"
+    path.write_text(f"a cat\t{url}\n")
+    samples, rejects, _ = read_all(spec("cc3m-tsv", path))
+    assert not rejects and samples[0].parts[0].data == JPEGS[KEYS[0]]
+
+
 def test_tsv_header_line_is_skipped(tmp_path):
     path = tmp_path / "cc12m.tsv"
     path.write_text(f"url\tcaption\n{URL_LIST[0]}\thello\n")

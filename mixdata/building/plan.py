@@ -14,6 +14,7 @@ import pyarrow.ipc as ipc
 
 from ..mix import schedule
 from ..pack import PackItem, pack
+from .accounts import DocFates
 
 PACKING_SLACK = 0.99  # expected packing efficiency when a budget is given in sequences
 PREPARE_MARGIN = 1.02  # prepare a little beyond a source's share so packing never runs short
@@ -57,10 +58,9 @@ def load_docs(units: list[str], paths: list[str]) -> SourceDocs:
                       **arrays)
 
 
-def apply_dedup(docs: dict[str, SourceDocs], source_order: list[str]) -> dict[str, list[dict]]:
-    """Drop exact duplicates across the stage, first occurrence wins; returns rejects."""
+def apply_dedup(docs: dict[str, SourceDocs], source_order: list[str]) -> None:
+    """Drop exact duplicates across the stage (`keep` False), the first occurrence winning."""
     seen: set[str] = set()
-    rejects: dict[str, list[dict]] = {s: [] for s in source_order}
     for name in source_order:
         d = docs[name]
         for i, key in enumerate(d.dedup):
@@ -68,12 +68,8 @@ def apply_dedup(docs: dict[str, SourceDocs], source_order: list[str]) -> dict[st
                 continue
             if key in seen:
                 d.keep[i] = False
-                rejects[name].append({
-                    "source": name, "locator": f"{d.units[d.unit[i]]}#record={d.record[i]}",
-                    "reason": "duplicate", "message": "exact duplicate of an earlier document"})
             else:
                 seen.add(key)
-    return rejects
 
 
 def stage_budget(stage, seq_len: int, mean_len: dict[str, float], shares: dict[str, float]):
@@ -95,9 +91,9 @@ def stage_budget(stage, seq_len: int, mean_len: dict[str, float], shares: dict[s
 class StagePlan:
     sequences: list[list[tuple[str, int, int]]]  # per sequence: (source, unit index, row)
     epochs: dict[str, float]
-    used_records: dict[str, set]
     seq_sources_tokens: list[dict[str, int]]
     images: Counter
+    fates: dict[str, DocFates]   # per source: what became of each prepared document
 
 
 def plan_stage(stage, docs: dict[str, SourceDocs], *, seq_len: int, seed: int) -> StagePlan:
@@ -114,9 +110,15 @@ def plan_stage(stage, docs: dict[str, SourceDocs], *, seq_len: int, seed: int) -
                       views=int(docs[s].views[i]), group=group[s]) for s, i in picks]
     bins = pack(items, seq_len, max_images=stage.pack.max_images,
                 max_views=stage.pack.max_tiles, window=stage.pack.window)
+    fates = {s: DocFates.empty(len(d.keep), ~d.keep) for s, d in docs.items()}
+    for s, i in picks:
+        fates[s].scheduled[i] = True
     if stage.budget is not None and stage.budget.unit == "sequences":
+        for members in bins[int(stage.budget.amount):]:
+            for m in members:
+                fates[picks[m][0]].cut[picks[m][1]] = True
         bins = bins[:int(stage.budget.amount)]
-    sequences, tokens, used, images = [], [], {s: set() for s in shares}, Counter()
+    sequences, tokens, images = [], [], Counter()
     for members in bins:
         seq, per_source = [], Counter()
         for m in members:
@@ -124,11 +126,11 @@ def plan_stage(stage, docs: dict[str, SourceDocs], *, seq_len: int, seed: int) -
             seq.append((s, int(docs[s].unit[i]), int(docs[s].row[i])))
             per_source[s] += int(docs[s].length[i])
             images[s] += int(docs[s].images[i])
-            used[s].add((int(docs[s].unit[i]), int(docs[s].record[i])))
+            fates[s].packed[i] = True
         sequences.append(seq)
         tokens.append(dict(per_source))
-    return StagePlan(sequences=sequences, epochs=dict(mix.epochs), used_records=used,
-                     seq_sources_tokens=tokens, images=images)
+    return StagePlan(sequences=sequences, epochs=dict(mix.epochs), seq_sources_tokens=tokens,
+                     images=images, fates=fates)
 
 
 def shard_groups(plan: StagePlan, per_shard: int) -> list[list[int]]:

@@ -40,34 +40,34 @@ def spans(mask) -> list[tuple[int, int]]:
     return out
 
 
-def find_sequence(folder: str, manifest: dict, index: int):
+def find_sequence(folder: str, manifest, index: int):
     from ..errors import MixdataError
     from ..shards import iter_shard
     from ..storage import open_binary
 
-    total = sum(s["samples"] for s in manifest["shards"])
-    if not 0 <= index < total:
-        raise MixdataError(f"--index {index} is out of range: the stage has {total} sequences")
-    for shard in manifest["shards"]:
-        if index < shard["samples"]:
-            with open_binary(f"{folder.rstrip('/')}/{shard['name']}") as fh:
+    if not 0 <= index < manifest.samples:
+        raise MixdataError(f"--index {index} is out of range: the stage has "
+                           f"{manifest.samples} sequences")
+    for shard in manifest.shards:
+        if index < shard.samples:
+            with open_binary(f"{folder.rstrip('/')}/{shard.name}") as fh:
                 for i, seq in enumerate(iter_shard(fh)):
                     if i == index:
-                        return shard["name"], seq
-        index -= shard["samples"]
+                        return shard.name, seq
+        index -= shard.samples
     raise MixdataError("manifest and shards disagree; rebuild the stage")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..shards import read_manifest
+    from ..manifest import read_manifest
     from ..tokens import load_tokenizer
 
     manifest = read_manifest(args.dir)
-    tok = load_tokenizer(manifest["tokenizer"]["identity"])
+    tok = load_tokenizer(manifest.tokenizer.identity)
     name, seq = find_sequence(args.dir, manifest, args.index)
     n_img = len(seq.meta["images"])
     print(f"sequence {args.index} ({name}, key {seq.key}): {len(seq.tokens)} tokens of "
-          f"{manifest['seq_len']}, {len(seq.docs) - 1} documents, {n_img} images, "
+          f"{manifest.seq_len}, {len(seq.docs) - 1} documents, {n_img} images, "
           f"{int(seq.loss.sum())} supervised")
     for d, (start, end) in enumerate(zip(seq.docs[:-1], seq.docs[1:])):
         info = seq.meta["docs"][d]

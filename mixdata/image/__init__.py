@@ -8,7 +8,7 @@
 """
 from .decode import probe
 from .layout import image_token_count, layout, special_tokens
-from .plan import ImagePlan, plan, plan_for
+from .plan import ImagePlan, ViewLimits, plan, plan_for, view_limits
 from .policy import PRESETS, ImagePolicy
 from .presets import DEFAULTS
 from .process import ProcessedImage, process
@@ -16,4 +16,4 @@ from .tiles import cut_tiles, tiles_from_image
 
 __all__ = ["DEFAULTS", "PRESETS", "ImagePlan", "ImagePolicy", "ProcessedImage", "cut_tiles",
            "image_token_count", "layout", "plan", "plan_for", "probe", "process",
-           "special_tokens", "tiles_from_image"]
+           "special_tokens", "tiles_from_image", "view_limits", "ViewLimits"]

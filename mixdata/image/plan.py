@@ -6,10 +6,12 @@ tests reason with; `plan_for(width, height, policy)` reads the parameters from a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from .policy import PRESETS, ImagePolicy
-from .presets import DEFAULTS, GEOMETRY
+from .presets import DEFAULTS, GEOMETRY, IDEFICS3_MAX_SIDE
 
 FILTERS = ("lanczos", "bicubic", "bilinear", "box")
 
@@ -115,3 +117,37 @@ def plan_for(width: int, height: int, policy: ImagePolicy, images_in_sample: int
     params = {name: getattr(policy, name) for name in DEFAULTS[policy.preset]}
     return plan(width, height, policy.preset, images_in_sample=images_in_sample,
                 mean=policy.mean, **params)
+
+
+class ViewLimits(NamedTuple):
+    """What any image of a stage can become under its policy: the side of its square views
+    (None when views vary in size, as qwen2vl's do), the largest grid, the most views (tiles
+    plus global view) of one image, and where a global view goes."""
+
+    tile: int | None
+    max_rows: int
+    max_cols: int
+    max_views: int
+    global_view: str
+
+
+def view_limits(policy: ImagePolicy) -> ViewLimits:
+    """The stage-wide geometry a consumer needs, from the policy's parameters alone."""
+    params = {**DEFAULTS[policy.preset],
+              **{k: getattr(policy, k) for k in DEFAULTS[policy.preset]
+                 if getattr(policy, k) is not None}}
+    preset = policy.preset
+    if preset == "none":
+        return ViewLimits(params["max_side"], 1, 1, 1, "none")
+    if preset == "qwen2vl":
+        return ViewLimits(None, 1, 1, 1, "none")
+    tile = params["tile"]
+    if preset == "idefics3":
+        n = math.ceil(min(params["longest_edge"], IDEFICS3_MAX_SIDE) / tile)
+        return ViewLimits(tile, n, n, n * n + 1, "after")
+    if preset == "llava-next":
+        pins = params["pinpoints"]
+        return ViewLimits(tile, max(h for _, h in pins) // tile, max(w for w, _ in pins) // tile,
+                          max(w * h for w, h in pins) // (tile * tile) + 1, "before")
+    most = params["max_tiles"]  # mm15, internvl: a 1 x n grid at most, plus the overview
+    return ViewLimits(tile, most, most, most + 1, "after")

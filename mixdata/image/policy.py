@@ -5,7 +5,7 @@ Parameters left as None take the reference model's value for the chosen preset (
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from ..config import Invalid
@@ -42,6 +42,10 @@ class ImagePolicy:
     # normalisation the loader applies on the device
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def to_json(self) -> dict:
+        """The policy as plain JSON (tuples as lists), as the manifest records it."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def __post_init__(self) -> None:
         for name in ("max_side", "min_side", "longest_edge", "tile", "min_tiles", "max_tiles",

@@ -10,10 +10,8 @@ import os
 
 import numpy as np
 
-from ..config import parse
 from ..errors import MixdataError
-from ..image import ImagePolicy, plan_for
-from ..shards import locate_manifest, read_manifest
+from ..manifest import Manifest, locate_manifest, read_manifest
 from .collate import BatchSpec, normalize_pixels
 from .dataset import LoadConfig, MixdataDataset, MixdataLoader
 from .order import Component, mixture_pattern
@@ -49,7 +47,7 @@ def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1
                         epochs=epochs, drop_last=drop_last, streams=streams,
                         max_failures=max_failures)
     components = [Component(folder=locate_manifest(url)[0], seed=seed + index,
-                            shards=tuple((s["name"], int(s["samples"])) for s in m["shards"]))
+                            shards=tuple((s.name, s.samples) for s in m.shards))
                   for index, (url, m) in enumerate(zip(urls, manifests))]
     for url, component in zip(urls, components):
         if component.samples == 0:
@@ -84,35 +82,24 @@ def placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
             found[1] if world_size is None else world_size)
 
 
-_SPEC_KEYS = ("seq_len", "image_tokens_per_tile", "tokenizer", "image_policy")
-
-
-def batch_spec(manifests: list[dict], urls: list[str]) -> BatchSpec:
+def batch_spec(manifests: list[Manifest], urls: list[str]) -> BatchSpec:
     """What batching needs from the manifests, which must agree when several are mixed."""
-    specs = []
-    for manifest, url in zip(manifests, urls):
-        missing = [key for key in _SPEC_KEYS if key not in manifest]
-        if missing:
-            raise MixdataError(f"{url}: the manifest lacks {missing}; rebuild the stage")
-        specs.append(_one_spec(manifest, url))
-        if specs[-1] != specs[0]:
-            raise MixdataError(f"{url} does not batch like {urls[0]}: {specs[-1]} vs {specs[0]}")
-    tokenizers = {str(m["tokenizer"].get("sha256")) for m in manifests}
+    specs = [_one_spec(manifest, url) for manifest, url in zip(manifests, urls)]
+    for spec, url in zip(specs, urls):
+        if spec != specs[0]:
+            raise MixdataError(f"{url} does not batch like {urls[0]}: {spec} vs {specs[0]}")
+    tokenizers = {m.tokenizer.sha256 for m in manifests}
     if len(tokenizers) > 1:
         raise MixdataError(f"the datasets were tokenized differently ({sorted(tokenizers)})")
     return specs[0]
 
 
-def _one_spec(manifest: dict, url: str) -> BatchSpec:
-    specials = manifest["tokenizer"].get("special_ids", {})
-    if "<pad>" not in specials or "<image>" not in specials:
-        raise MixdataError(f"{url}: tokenizer.special_ids lacks <pad> or <image>")
-    policy = parse(ImagePolicy, manifest["image_policy"], "image_policy", file=url)
-    if policy.preset == "qwen2vl":
-        raise MixdataError(f"{url}: image preset qwen2vl makes views of varying size; the "
-                           "loader batches square T x T views only")
-    return BatchSpec(seq_len=int(manifest["seq_len"]), pad_id=int(specials["<pad>"]),
-                     image_id=int(specials["<image>"]),
-                     tokens_per_tile=int(manifest["image_tokens_per_tile"]),
-                     tile=plan_for(1024, 768, policy).tile,
-                     mean=tuple(policy.mean), std=tuple(policy.std))
+def _one_spec(manifest: Manifest, url: str) -> BatchSpec:
+    geometry = manifest.geometry
+    if geometry.tile is None:
+        raise MixdataError(f"{url}: image preset {geometry.preset} makes views of varying "
+                           "size; the loader batches square T x T views only")
+    return BatchSpec(seq_len=manifest.seq_len, pad_id=manifest.tokenizer.pad_id,
+                     image_id=manifest.tokenizer.image_id,
+                     tokens_per_tile=geometry.tokens_per_view, tile=geometry.tile,
+                     mean=tuple(geometry.mean), std=tuple(geometry.std))

@@ -21,14 +21,17 @@ sequences are read twice and others not at all; the next epoch is exact for the 
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import MixdataError
+from ..lifeline import die_with_parent
 from .collate import (BatchSpec, PixelMemory, Row, RowFailed, collate, cut_row,
                       normalize_pixels, shared_pixels)
 from .order import Component, Split, shuffle_order, worker_streams
@@ -36,6 +39,15 @@ from .reader import (MAX_WORKERS, FailureRun, LoadStats, Positions, chunked, fil
                      shuffled)
 
 log = logging.getLogger("mixdata.load")
+# Batch iterators still open, closed at exit while every module is intact: one dropped at
+# interpreter shutdown would unwind its readers after their modules were torn down.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live() -> None:
+    for batches in list(_LIVE):
+        batches.close()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +118,14 @@ class MixdataDataset(IterableDataset):
 
     # --- iteration -------------------------------------------------------------------------
     def __iter__(self):
+        batches = self._batches()
+        _LIVE.add(batches)
+        return batches
+
+    def _batches(self):
         info = get_worker_info()
+        if info is not None:
+            die_with_parent()  # a DataLoader worker never outlives the training process
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         self._stats.row = 1 + worker % MAX_WORKERS if info else 0
         if not self._streams:

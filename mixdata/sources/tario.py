@@ -144,6 +144,9 @@ class _EndAwareTarInfo(tarfile.TarInfo):
             raise
 
 
+BROKEN = UnsafeMember("its data could not be read")
+
+
 class _TarReader:
     """Members of one tar stream, and what damage, if any, ended them."""
 
@@ -164,8 +167,18 @@ class _TarReader:
             if info.isdir() or posixpath.basename(info.name).startswith("__"):
                 continue
             problem = member_problem(info)
-            yield info.name, (UnsafeMember(problem) if problem else
-                              self.archive.extractfile(info).read())
+            if problem:
+                yield info.name, UnsafeMember(problem)
+                continue
+            try:
+                data = self.archive.extractfile(info).read()
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+                self.fail(err)
+                # the member's header was read, so the group before it is complete: let the
+                # grouping close it, then end the stream before this member's group
+                yield info.name, BROKEN
+                raise _Damage from err
+            yield info.name, data
         ending = getattr(self.archive, "ending", "end")
         if ending == "invalid":
             self.damage = ("unit_unreadable", "a header that is not a tar header")

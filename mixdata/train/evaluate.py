@@ -24,6 +24,7 @@ from ..image.policy import ImagePolicy
 from ..loading.collate import BatchSpec
 from ..sample import ImagePart, Sample, TextPart
 from .batch import Doc, make_batch
+from .data import stage_tile
 from .loop import model_inputs, to_device
 from .model import IGNORE
 
@@ -43,11 +44,9 @@ class EvalSetup:
 
     @property
     def spec(self) -> BatchSpec:
-        from ..image import plan_for
-
         return BatchSpec(seq_len=self.seq_len, pad_id=self.tokenizer.pad_id,
                          image_id=self.tokenizer.image_id, tokens_per_tile=self.tokens_per_tile,
-                         tile=plan_for(1024, 768, self.policy).tile, mean=tuple(self.policy.mean),
+                         tile=stage_tile(self.policy), mean=tuple(self.policy.mean),
                          std=tuple(self.policy.std))
 
     def batch(self, docs: list[Doc]) -> dict:

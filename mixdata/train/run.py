@@ -101,9 +101,8 @@ def _run_stage(recipe, config: TrainConfig, model: ModelConfig, name: str, run_d
     policy = recipe.stages[name].image
     spec = config.stage(name)
     seed = (config.seed if config.seed is not None else recipe.seed) + 1000 * list(recipe.stages).index(name)
-    plan = plan_steps(spec, default_micro_batch=config.micro_batch, seq_len=manifest["seq_len"],
-                      world_size=ctx.world_size,
-                      available_sequences=sum(s["samples"] for s in manifest["shards"]))
+    plan = plan_steps(spec, default_micro_batch=config.micro_batch, seq_len=manifest.seq_len,
+                      world_size=ctx.world_size, available_sequences=manifest.samples)
     init_from = previous_final(recipe, run_dir, name)
     if ctx.is_main:
         origin = init_from or "a fresh initialisation"
