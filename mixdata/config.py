@@ -62,7 +62,7 @@ class _Parser:
         self.file = file
 
     def fail(self, key: str, found: Any, expected: str) -> RecipeError:
-        return RecipeError("", key, found, expected, file=self.file)
+        return RecipeError(key, found, expected, file=self.file)
 
     def value(self, tp: Any, data: Any, key: str) -> Any:
         origin = get_origin(tp)
@@ -182,9 +182,3 @@ class _Parser:
             raise self.fail(_join(key, err.key) if err.key else key, err.found, err.expected) from None
         except (ValueError, TypeError) as err:
             raise self.fail(key, data, str(err)) from None
-
-
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-

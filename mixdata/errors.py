@@ -14,7 +14,7 @@ class RecipeError(MixdataError):
     The message always names the file, the key path, what was found and what was expected.
     """
 
-    def __init__(self, path: str, key: str, found: object, expected: str, file: str | None = None):
+    def __init__(self, key: str, found: object, expected: str, file: str | None = None):
         self.file, self.key, self.found, self.expected = file, key, found, expected
         where = f"{file}: " if file else ""
         super().__init__(f"{where}{key or '<root>'}: found {_show(found)}, expected {expected}")

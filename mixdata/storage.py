@@ -22,7 +22,6 @@ import fsspec
 
 from .errors import MixdataError
 
-DEMO_SCHEME = "demo://"
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -30,15 +29,6 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 @dataclass
 class RetryCounter:
     retries: int = 0
-
-
-def resolve_demo(uri: str) -> str:
-    """`demo://caption/x.tar` -> a path in the demo corpus, generating it on first use."""
-    if not uri.startswith(DEMO_SCHEME):
-        return uri
-    from .demo.corpus import ensure_corpus  # the demo is only imported when used
-
-    return str(Path(ensure_corpus()) / uri[len(DEMO_SCHEME):])
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -62,7 +52,7 @@ def expand(uri: str | list[str]) -> list[str]:
     within each glob so unit order is deterministic."""
     out: list[str] = []
     for item in ([uri] if isinstance(uri, str) else uri):
-        for pattern in expand_braces(resolve_demo(item)):
+        for pattern in expand_braces(item):
             if _GLOB_CHARS.search(pattern.split("://", 1)[-1]):
                 fs, _, _ = fsspec.get_fs_token_paths(pattern)
                 matches = sorted(fs.glob(_strip(pattern)))

@@ -7,11 +7,13 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from source_fixtures import image_bytes, read_all, spec, write_tar
 
+from mixdata.demo import pretrain
+from mixdata.demo.files import rng_for
+from mixdata.errors import RecordRejected
 from mixdata.sources import open_source
 from mixdata.sources.caption import failed_rows, stats_failures, tsv_fields
-from mixdata.errors import RecordRejected
-from source_fixtures import image_bytes, read_all, spec, write_tar
 
 KEYS = [f"{i:09d}" for i in range(6)]
 JPEGS = {k: image_bytes(10 + i, 8, "JPEG", shade=40 * i) for i, k in enumerate(KEYS)}
@@ -230,9 +232,6 @@ def test_failed_rows_and_stats_cores():
 
 
 def test_demo_caption_shards_account_for_failed_rows(tmp_path):
-    pretrain = pytest.importorskip("mixdata.demo.pretrain")
-    from mixdata.demo.files import rng_for
-
     report = pretrain.write_caption(tmp_path, 40, rng_for("caption")).to_json()
     samples, rejects, items = read_all(spec("img2dataset", str(tmp_path / "caption/*.tar")))
     assert len(items) == report["records"] + report["failed_rows"]

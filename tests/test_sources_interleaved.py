@@ -9,12 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from loopback import serve
+from source_fixtures import image_bytes, layout, read_all, spec, write_tar
 
+from mixdata.demo import pretrain
+from mixdata.demo.files import rng_for
 from mixdata.errors import MixdataError, UnitDamaged
 from mixdata.sources import open_source
 from mixdata.sources.filtering import read_unit
 from mixdata.sources.interleaved import mmc4_parts, obelics_parts, wds_interleaved_parts
-from source_fixtures import image_bytes, layout, read_all, spec, write_tar
 
 IMAGES = {name: image_bytes(8 + i, 6, "PNG" if name.endswith("png") else "JPEG", shade=30 * i)
           for i, name in enumerate(["a.png", "b.jpg", "c.png", "d.jpg"])}
@@ -265,9 +267,6 @@ def test_pure_cores_work_without_io():
 
 
 def test_demo_interleaved_files_read_with_their_reported_defects(tmp_path):
-    pretrain = pytest.importorskip("mixdata.demo.pretrain")
-    from mixdata.demo.files import rng_for
-
     report = pretrain.write_interleaved(tmp_path, 12, rng_for("interleaved")).to_json()
     samples, rejects, items = read_all(spec("obelics", str(tmp_path / "interleaved/*.parquet")))
     assert len(items) == report["records"] == 12

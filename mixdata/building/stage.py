@@ -59,6 +59,8 @@ def build_stage(recipe, stage_name: str, out: str | Path | None = None, *, worke
     if stage_name not in recipe.stages:
         raise MixdataError(f"stage {stage_name!r} is not in recipe {recipe.name!r}; "
                            f"stages: {', '.join(recipe.stages)}")
+    if recipe.demo is not None:
+        recipe.demo.ensure()  # generated once, before any worker reads it
     out = Path(out) if out is not None else default_out(recipe, stage_name)
     out.mkdir(parents=True, exist_ok=True)
     remove_temp_files(out)

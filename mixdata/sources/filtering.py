@@ -182,37 +182,3 @@ def dedup_key(sample: Sample) -> str:
         else:
             digest.update(b"R" + part.ref.encode())
     return digest.hexdigest()
-
-
-class Deduper:
-    """Exact dedup across a stage: the first sample with a given `dedup_key` wins.
-
-    State is the set of keys seen; `state_dict` makes it resumable.
-    """
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-
-    def check(self, sample: Sample) -> bool:
-        """True the first time this content is seen, False for a duplicate."""
-        key = dedup_key(sample)
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
-
-    def filter(self, items, source_name: str = "") -> Iterator[Sample | Reject]:
-        """Pass Rejects through; turn repeated samples into Rejects with reason `duplicate`."""
-        for item in items:
-            if isinstance(item, Sample) and not self.check(item):
-                yield Reject(source=source_name or item.source,
-                             locator=item.meta.get("locator", item.id), reason="duplicate",
-                             message="exact duplicate of an earlier sample")
-            else:
-                yield item
-
-    def state_dict(self) -> dict:
-        return {"seen": sorted(self.seen)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seen = set(state["seen"])

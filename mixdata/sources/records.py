@@ -1,7 +1,7 @@
 """Helpers shared by the record-oriented adapters (interleaved, caption, ...).
 
-- `RecordSource`: a `Source` with a retry counter, image resolution that turns a miss into
-  the reject reason `image_missing`, and `guard` that turns `RecordRejected` into a `Reject`;
+- `RecordSource`: a `Source` with image resolution that turns a miss into the reject reason
+  `image_missing`, and `guard` that turns `RecordRejected` into a `Reject`;
   `TarRecordSource` reads tars sample by sample through `tario`.
 - Parquet read one row group at a time, with row groups as units (`path#rg=3`) and row
   numbers counted from the start of the file, so ids do not depend on how units are split.
@@ -26,7 +26,7 @@ from ..errors import RecordRejected, Reject, UnitDamaged
 from ..sample import ImagePart, Sample
 from .base import Source
 from ..storage import RetryCounter, StorageError, expand, open_binary, open_text
-from .options import DEFAULT_IMAGE_KEYS
+from .registry import FORMATS
 from .resolve import resolve_image
 from .tario import iter_tar_groups
 
@@ -43,13 +43,8 @@ class RecordSource(Source):
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
-        self.counter = RetryCounter()
         self.image_key = getattr(self.options, "image_key", None) or \
-            DEFAULT_IMAGE_KEYS.get(spec.format, "name")
-
-    @property
-    def retries(self) -> int:
-        return self.counter.retries
+            FORMATS[spec.format].image_key or "name"
 
     def guard(self, locator: str, build: Callable[[], Sample]) -> Sample | Reject:
         """`build()`'s Sample, or a Reject carrying the reason it raised."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 
-from ..storage import RetryCounter, read_bytes, resolve_demo
+from ..storage import RetryCounter, read_bytes
 
 
 def mirror_key(ref: str, image_key: str) -> str:
@@ -25,7 +25,7 @@ def candidates(ref: str, options, base_dir: str, image_key: str = "name") -> lis
     root = getattr(options, "images_root", None)
     out = []
     if root:
-        out.append(posixpath.join(resolve_demo(root), mirror_key(ref, image_key)))
+        out.append(posixpath.join(root, mirror_key(ref, image_key)))
     if "://" in ref:
         if getattr(options, "fetch", False) or ref.startswith("file://"):
             out.append(ref)

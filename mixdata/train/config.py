@@ -158,7 +158,7 @@ def parse_train(recipe) -> TrainConfig:
     config = parse(TrainConfig, recipe.train or {}, "train", recipe.file)
     for name in config.stages:
         if name not in recipe.stages:
-            raise RecipeError("", f"train.stages.{name}", name,
+            raise RecipeError(f"train.stages.{name}", name,
                               "a stage defined under stages: " + ", ".join(recipe.stages),
                               file=recipe.file)
     return config

@@ -17,14 +17,9 @@ def eval_root(recipe, config) -> Path | None:
     demo corpus, else None (no eval)."""
     if config.eval_data:
         return Path(config.eval_data)
-    uris = []
-    for source in recipe.sources.values():
-        uris += source.uri if isinstance(source.uri, list) else [source.uri]
-    if not any(str(u).startswith("demo://") for u in uris):
+    if recipe.demo is None:
         return None
-    from ..demo.corpus import ensure_corpus
-
-    return Path(ensure_corpus()) / "eval"
+    return Path(recipe.demo.ensure()) / "eval"
 
 
 def evaluate_stage(model, recipe, config, stage: str, run_dir: Path, device, tokenizer) -> dict | None:
