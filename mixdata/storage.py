@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+import zstandard
 
 from .errors import MixdataError
 
@@ -224,8 +225,6 @@ def open_decompressed(url: str, counter: RetryCounter | None = None):
     if url.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     if url.endswith(".zst"):
-        import zstandard
-
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
     return raw
 
@@ -291,10 +290,12 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         fh.write(data)
 
 
-def write_json_atomic(path: str | Path, payload, *, indent: int | None = 1) -> None:
-    """`payload` as JSON with sorted keys (so equal content gives equal bytes)."""
+def write_json_atomic(path: str | Path, payload, *, indent: int | None = 1,
+                      sort_keys: bool = True) -> None:
+    """`payload` as JSON, keys sorted unless their order means something (equal content then
+    gives equal bytes)."""
     with atomic_file(path, "w") as fh:
-        json.dump(payload, fh, indent=indent, sort_keys=True)
+        json.dump(payload, fh, indent=indent, sort_keys=sort_keys)
         fh.write("\n")
 
 

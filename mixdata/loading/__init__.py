@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch.distributed as dist
 
 from ..errors import MixdataError
 from ..manifest import Manifest, locate_manifest, read_manifest
@@ -72,8 +73,6 @@ def _pattern(components: list[Component], weights, seed: int) -> np.ndarray | No
 
 def placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """(rank, world size): given, else torch.distributed, else $RANK/$WORLD_SIZE, else 0/1."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         found = (dist.get_rank(), dist.get_world_size())
     else:

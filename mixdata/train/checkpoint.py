@@ -6,26 +6,22 @@ weights with LoRA merged, which the next stage starts from).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from ..errors import MixdataError
+from ..storage import atomic_file
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "final.pt"
 
 
 def save_atomic(payload: dict, path: Path) -> None:
-    """torch.save to a temporary name, fsync, rename: a crash never leaves half a file."""
+    """torch.save through the atomic writer: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_file(path, "wb") as handle:
         torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def load_file(path: Path) -> dict:

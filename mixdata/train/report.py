@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import MixdataError
+from ..storage import write_json_atomic
 from .evaluate import EvalSetup, evaluate
 
 EVAL_FILE = "eval.json"
@@ -74,9 +74,7 @@ def record_eval(run_dir: Path, stage: str, results: dict) -> None:
     path = Path(run_dir) / EVAL_FILE
     table = json.loads(path.read_text()) if path.exists() else {}
     table[stage] = results
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, table, sort_keys=False)  # stages in training order
 
 
 def format_table(table: dict) -> str:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import MixdataError
+from ..storage import write_json_atomic
 from .checkpoint import CHECKPOINT, FINAL
 from .config import TrainConfig, parse_train, plan_steps
 from .data import ensure_shards, open_data, read_stage_manifest, stage_tile
@@ -67,7 +68,8 @@ def _write_run_file(run_dir: Path, recipe, config: TrainConfig, model: ModelConf
     payload = {"recipe_file": recipe.file, "recipe": recipe.raw, "recipe_sha256": recipe.sha256,
                "model": {"preset": config.model_spec.preset, "connector": model.connector.kind,
                          "parameters": count_parameters_of(model)}}
-    (run_dir / RUN_FILE).write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    write_json_atomic(run_dir / RUN_FILE, json.loads(json.dumps(payload, default=str)),
+                      sort_keys=False)
 
 
 def count_parameters_of(model: ModelConfig) -> int:
