@@ -144,7 +144,8 @@ class _Parser:
         if get_origin(tp) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             if len(data) != len(args):
                 raise self.fail(key, data, f"a list of {len(args)} items")
-            return tuple(self.value(a, v, _join(key, i)) for i, (a, v) in enumerate(zip(args, data)))
+            return tuple(self.value(a, v, _join(key, i))
+                         for i, (a, v) in enumerate(zip(args, data)))
         items = [self.value(args[0], v, _join(key, i)) for i, v in enumerate(data)]
         return tuple(items) if get_origin(tp) is tuple else items
 
@@ -179,6 +180,7 @@ class _Parser:
         try:
             return cls(**values)
         except Invalid as err:
-            raise self.fail(_join(key, err.key) if err.key else key, err.found, err.expected) from None
+            where = _join(key, err.key) if err.key else key
+            raise self.fail(where, err.found, err.expected) from None
         except (ValueError, TypeError) as err:
             raise self.fail(key, data, str(err)) from None

@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
@@ -45,7 +45,7 @@ class Budget:
         given = [(k, v) for k, v in (("tokens", self.tokens), ("sequences", self.sequences),
                                      ("samples", self.samples)) if v is not None]
         if len(given) != 1:
-            raise Invalid("", {k: v for k, v in given}, "exactly one of tokens, sequences, samples")
+            raise Invalid("", dict(given), "exactly one of tokens, sequences, samples")
         unit, value = given[0]
         if value <= 0:
             raise Invalid(unit, value, "a positive budget")
@@ -80,7 +80,7 @@ class Share:
     share: float
 
 
-MixEntry = Union[float, Weighted, Relative, Share]
+MixEntry = float | Weighted | Relative | Share
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,7 +223,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except OSError as err:
         raise RecipeError("", str(path), f"a readable recipe file ({err.strerror})") from None
     try:
-        data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, Loader=RecipeLoader)
     except yaml.YAMLError as err:
         raise RecipeError("", "invalid YAML", f"valid YAML ({err})", file=str(path)) from None
     return parse_recipe(data, file=str(path), default_name=path.stem)
@@ -295,7 +295,7 @@ def _parse_source(name: str, raw: Any, file: str | None) -> SourceSpec:
                           file=file)
     if "uri" not in raw:
         raise RecipeError(f"{key}.uri", "nothing", "a path, glob or URL (required)", file=file)
-    uri = parse(Union[str, list[str]], raw["uri"], f"{key}.uri", file)
+    uri = parse(str | list[str], raw["uri"], f"{key}.uri", file)
     filters = parse(Filters, raw.get("filters", {}), f"{key}.filters", file)
     ratio = parse(float, raw.get("max_reject_ratio", 0.5), f"{key}.max_reject_ratio", file)
     if not 0 <= ratio <= 1:

@@ -127,7 +127,7 @@ def with_retries(action, counter: RetryCounter | None = None, attempts: int = 5,
             return action()
         except StorageError:
             raise
-        except Exception as err:  # noqa: BLE001 - filtered by is_transient
+        except Exception as err:
             if not is_transient(err):
                 raise
             if attempt == attempts - 1:
@@ -186,10 +186,8 @@ class RetryingReader(io.RawIOBase):
         return len(data)
 
     def _open_quietly(self):
-        try:
+        with contextlib.suppress(Exception):  # the handle is already broken
             self._fh.close()
-        except Exception:  # noqa: BLE001 - the handle is already broken
-            pass
         return with_retries(self._open, self.counter, self.attempts, what=self.url)
 
     def close(self) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +91,7 @@ def _cut_tars(root: Path, expected: Expected) -> None:
         unit = f"cut-{how}"
         data = tar_bytes([m for i in range(RECORDS) for m in sample_members(unit, i)])
         offsets = {name: (head, body) for name, head, body in header_offsets(data)}
-        jpg_head, jpg_body = offsets["000000006.jpg"]
+        _jpg_head, jpg_body = offsets["000000006.jpg"]
         txt_head, _ = offsets["000000006.txt"]
         cut = {"header": txt_head + 100, "member": jpg_body + 50, "boundary": txt_head}[how]
         (root / f"{unit}.tar").write_bytes(data[:cut])

@@ -10,10 +10,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pymupdf
+from source_fixtures import image_bytes
 
 from mixdata.errors import Reject
 from mixdata.sources import open_source
-from source_fixtures import image_bytes
 
 
 @dataclass

@@ -13,8 +13,16 @@ import numpy as np
 from PIL import Image
 
 from mixdata.image import ImagePolicy, layout, process, special_tokens, view_limits
-from mixdata.manifest import (Geometry, Manifest, MixtureInfo, PackingInfo, RecipeInfo,
-                              ShardEntry, TokenizerInfo, write_manifest)
+from mixdata.manifest import (
+    Geometry,
+    Manifest,
+    MixtureInfo,
+    PackingInfo,
+    RecipeInfo,
+    ShardEntry,
+    TokenizerInfo,
+    write_manifest,
+)
 from mixdata.shards import PackedSequence, write_shard
 
 SEQ_LEN = 128
@@ -87,7 +95,8 @@ def fixture_manifest(shard_infos: list, seed: int) -> Manifest:
     return Manifest(
         recipe=RecipeInfo(name="fixture", sha256="0" * 64, snapshot={}), stage="fixture",
         seed=seed, seq_len=SEQ_LEN, image_tokens_per_tile=TOKENS_PER_TILE,
-        tokenizer=TokenizerInfo(identity="fixture", sha256="0" * 64, vocab_size=256 + len(SPECIAL_IDS),
+        tokenizer=TokenizerInfo(identity="fixture", sha256="0" * 64,
+                                vocab_size=256 + len(SPECIAL_IDS),
                                 special_ids=dict(SPECIAL_IDS), pad_id=PAD, image_id=IMAGE),
         image_policy=POLICY.to_json(),
         geometry=Geometry(preset=POLICY.preset, tile=limits.tile,

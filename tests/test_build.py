@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from build_fixtures import write_corpus, write_recipe
+
 from mixdata.building import build_stage
 from mixdata.building import plan as plan_module
 from mixdata.building.accounts import AccountingError
@@ -21,7 +20,8 @@ from mixdata.recipe import load_recipe
 
 
 def _digest(folder: Path) -> dict:
-    files = sorted(folder.glob("shard-*.tar")) + [folder / "manifest.json", folder / "rejects.jsonl"]
+    files = [*sorted(folder.glob("shard-*.tar")), folder / "manifest.json",
+             folder / "rejects.jsonl"]
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
@@ -94,7 +94,7 @@ def test_dropping_a_record_fails_the_accounting_check(corpus, tmp_path, monkeypa
 
 
 def test_budget_and_shares(built):
-    recipe, outs = built
+    _recipe, outs = built
     manifest = read_manifest(outs["pretrain"])
     assert manifest.packing.tokens >= 3000
     for src in manifest.sources.values():
@@ -145,7 +145,7 @@ def test_remix_reuses_prepared_units(corpus, tmp_path):
 
 def test_too_small_source_names_itself(corpus):
     recipe = load_recipe(write_recipe(corpus, budget_tokens=10_000_000))
-    with pytest.raises(MixdataError, match="captions|text"):
+    with pytest.raises(MixdataError, match=r"captions|text"):
         build_stage(recipe, "pretrain", out=corpus / "never", progress=False)
 
 

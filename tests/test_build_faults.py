@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from build_fixtures import write_corpus
 from build_fixtures import recipe_dict as fixture_recipe
+from build_fixtures import write_corpus
 from damage_fixtures import write_damaged_corpus
 from loopback import Fault, serve_ranged
+
 from mixdata.building import build_stage
 from mixdata.building.rejects import RejectLimitError
 from mixdata.cli import main

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mixdata.building.accounts import AccountingError, DocFates, check_balance, record_fates
 from mixdata.manifest import SourceAccount

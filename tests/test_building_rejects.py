@@ -73,6 +73,6 @@ def test_rejects_are_streamed_in_unit_order_and_checked_against_the_counts(tmp_p
     lines = [json.loads(line) for line in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert [r["locator"] for r in lines] == ["a#1", "c#0", "c#2"]
     (tmp_path / "c.rejects.jsonl").write_text("")  # a unit file that lost its lines
-    with pytest.raises(MixdataError, match="c.rejects.jsonl holds 0 rejects, its unit's stats "
+    with pytest.raises(MixdataError, match=r"c\.rejects\.jsonl holds 0 rejects, its unit's stats "
                                            "count 2"):
         write_rejects(tmp_path, units)

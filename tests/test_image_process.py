@@ -8,8 +8,16 @@ from PIL import Image
 
 from mixdata.config import parse
 from mixdata.errors import RecipeError
-from mixdata.image import (ImagePlan, ImagePolicy, cut_tiles, layout, plan, plan_for, process,
-                           special_tokens)
+from mixdata.image import (
+    ImagePlan,
+    ImagePolicy,
+    cut_tiles,
+    layout,
+    plan,
+    plan_for,
+    process,
+    special_tokens,
+)
 from mixdata.image.layout import MAX_GRID
 
 

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from ocr_fixtures import make_pdf, pdfa_json
 from shard_fixtures import write_stage
 from source_fixtures import write_tar

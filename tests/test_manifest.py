@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from shard_fixtures import write_stage
 
 from mixdata.errors import MixdataError
 from mixdata.manifest import FORMAT, Manifest, read_manifest, write_manifest
-from shard_fixtures import write_stage
 
 
 def test_round_trip_through_folder_path_and_file_url(tmp_path):
@@ -28,7 +28,7 @@ def test_written_bytes_depend_only_on_content(tmp_path):
 
 def test_errors_name_what_is_wrong(tmp_path):
     data = write_stage(tmp_path, [2], seed=2).to_json()
-    with pytest.raises(MixdataError, match="no manifest at .*missing"):
+    with pytest.raises(MixdataError, match=r"no manifest at .*missing"):
         read_manifest(tmp_path / "missing")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(MixdataError, match="not valid JSON"):
@@ -41,5 +41,5 @@ def test_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(MixdataError, match=r"shards\[0\]\.samples: found 'many', expected an integer"):
         Manifest.from_json(broken, "m.json")
     broken = {k: v for k, v in data.items() if k != "geometry"}
-    with pytest.raises(MixdataError, match="geometry: .*required"):
+    with pytest.raises(MixdataError, match=r"geometry: .*required"):
         Manifest.from_json(broken, "m.json")

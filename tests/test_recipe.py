@@ -145,7 +145,7 @@ def test_exponent_numbers_read_as_yaml_1_2_floats(tmp_path):
                        Loader=RecipeLoader)
     assert loaded == [7.68e6, 1e-4, 5.0, -300.0, "e5", "1e", "2e3x", "1e3", 12]
     path.write_text(text.replace("sequences: 2e3", "sequences: 2.5e0"))
-    with pytest.raises(RecipeError, match="sequences: found 2.5, expected an integer"):
+    with pytest.raises(RecipeError, match=r"sequences: found 2\.5, expected an integer"):
         load_recipe(path)
 
 

@@ -80,7 +80,7 @@ def test_img2dataset_units_skip_metadata_siblings(tmp_path):
 
 def test_img2dataset_stats_only_counts_failures_by_message(tmp_path):
     _tar_layout(tmp_path, listing=False, stats=True)
-    samples, rejects, items = read_all(spec("img2dataset", tmp_path / "00000.tar"))
+    samples, rejects, _items = read_all(spec("img2dataset", tmp_path / "00000.tar"))
     assert len(samples) == 2
     failed = [(r.reason, r.message) for r in rejects if r.reason != "bad_json"]
     assert failed == [("download_failed", "HTTP 404"), ("download_failed", "image too small")]

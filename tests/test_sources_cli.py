@@ -5,13 +5,13 @@ import json
 
 import pytest
 import yaml
+from ocr_fixtures import make_pdf, pdfa_json
+from source_fixtures import image_bytes, write_tar
 
 from mixdata.cli import main
 from mixdata.commands.sources import SourceReport, describe, tally
 from mixdata.errors import Reject
 from mixdata.sample import ImagePart, Sample, TextPart
-from ocr_fixtures import make_pdf, pdfa_json
-from source_fixtures import image_bytes, write_tar
 
 
 @pytest.fixture

@@ -7,14 +7,15 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+from ocr_fixtures import read_counted, reasons
+from source_fixtures import image_bytes, spec
 
 from mixdata.errors import RecordRejected
 from mixdata.sample import ImagePart, Sample, TextPart
 from mixdata.sources import sft
 from mixdata.sources.sft import decode_data_uri, json_records, llava_parts
-from ocr_fixtures import read_counted, reasons
-from source_fixtures import image_bytes, spec
 
 RED, BLUE = image_bytes(8, 6, shade=10), image_bytes(8, 6, shade=200)
 

@@ -8,15 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+from ocr_fixtures import read_counted, reasons
+from source_fixtures import spec
 
 from mixdata.errors import RecordRejected
 from mixdata.sample import Sample, TextPart
 from mixdata.sources import open_source
 from mixdata.sources.options import TextOptions
 from mixdata.sources.plaintext import text_sample
-from ocr_fixtures import read_counted, reasons
-from source_fixtures import spec
 
 FINEWEB = {
     "text": ["First web page.", None, "   ", "Third page, caf\u00e9."],

@@ -1,6 +1,7 @@
 """The stage manifest a build writes: what was built, from what, and how every record fared."""
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections import Counter
 from importlib import metadata
@@ -9,8 +10,17 @@ import numpy as np
 
 from .. import __version__
 from ..image import view_limits
-from ..manifest import (Geometry, Manifest, MixtureInfo, PackingInfo, RecipeInfo, RunInfo,
-                        ShardEntry, SourceAccount, TokenizerInfo)
+from ..manifest import (
+    Geometry,
+    Manifest,
+    MixtureInfo,
+    PackingInfo,
+    RecipeInfo,
+    RunInfo,
+    ShardEntry,
+    SourceAccount,
+    TokenizerInfo,
+)
 from ..mix import window_deviation
 from ..tokens import load_tokenizer
 from .accounts import check_balance, record_fates
@@ -23,10 +33,8 @@ VERSIONED = ("numpy", "pillow", "pyarrow", "pymupdf", "tokenizers", "webdataset"
 def _versions() -> dict[str, str]:
     out = {"mixdata": __version__, "python": platform.python_version()}
     for name in VERSIONED:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

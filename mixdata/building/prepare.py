@@ -88,7 +88,7 @@ def prepare_record(sample: Sample, policy, tokenizer, *, tokens_per_tile: int, s
         rows.append({
             "sample_id": sample.id, "chunk": chunk,
             "ids": doc.ids.astype("<i4").tobytes(), "loss": doc.loss.astype("u1").tobytes(),
-            "length": int(len(doc.ids)), "supervised": int(doc.loss.sum()),
+            "length": len(doc.ids), "supervised": int(doc.loss.sum()),
             "n_images": len(used), "n_views": int(sum(s.views for s in doc.images)),
             "images": [p.data for p in used], "meta": json.dumps(meta, sort_keys=True),
         })
@@ -143,7 +143,8 @@ class _Context:
         self.key = None
 
     def get(self, task: UnitTask):
-        key = (task.recipe_file, json.dumps(task.recipe_raw, sort_keys=True, default=str), task.stage)
+        raw = json.dumps(task.recipe_raw, sort_keys=True, default=str)
+        key = (task.recipe_file, raw, task.stage)
         if key != self.key:
             recipe = parse_recipe(task.recipe_raw, file=task.recipe_file)
             self.recipe, self.tokenizer = recipe, load_tokenizer(recipe.tokenizer)

@@ -24,7 +24,8 @@ HINTS = {
                      "under images_root), or fetch: true for URLs",
     "image_unreachable": "the network or the image host; fetched images kept failing",
     "unit_": "the input files themselves: damaged, empty or cut-off downloads",
-    "filter:": "the source's filters, or raise max_reject_ratio if they are meant to drop this much",
+    "filter:": "the source's filters, or raise max_reject_ratio if they are meant to drop "
+               "this much",
     "missing_field": "the format: are these records really in this format (field names)?",
     "bad_json": "the format: are these records really in this format?",
     "download_failed": "the img2dataset run that produced the tars (its _stats.json)",

@@ -21,8 +21,16 @@ from ..manifest import write_manifest
 from ..sources import open_source
 from ..storage import remove_temp_files, write_json_atomic
 from .manifest import build_manifest
-from .plan import (PREPARE_MARGIN, apply_dedup, load_docs, plan_stage, prefix_length,
-                   shard_groups, shard_hash, stage_budget)
+from .plan import (
+    PREPARE_MARGIN,
+    apply_dedup,
+    load_docs,
+    plan_stage,
+    prefix_length,
+    shard_groups,
+    shard_hash,
+    stage_budget,
+)
 from .pool import Executor, TaskHook
 from .prepare import UnitStats, prepare_unit, task_for
 from .rejects import RejectGuard, write_rejects

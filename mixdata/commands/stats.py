@@ -13,7 +13,8 @@ def register(sub) -> None:
                     "written / rejected / unused, epochs, packing efficiency and rejects by "
                     "reason.")
     parser.add_argument("dir", help="shard folder, manifest.json path or URL")
-    parser.add_argument("--json", action="store_true", help="print the manifest's accounting as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print the manifest's accounting as JSON")
     parser.set_defaults(run=run)
 
 

@@ -11,7 +11,8 @@ def register(sub) -> None:
         description="Parse and validate a recipe, its train: section included, then print "
                     "every stage's resolved plan: budget, image policy and normalised mixture "
                     "shares (alpha entries resolved), and the trainer's model and stages. "
-                    "Nothing is read or built. Exits 0 when valid and 2 when the recipe is invalid, with a "
+                    "Nothing is read or built. Exits 0 when valid and 2 when the recipe is "
+                    "invalid, with a "
                     "message naming the file, the key path, what was found and what was "
                     "expected.")
     parser.add_argument("recipe", help="path to a recipe YAML file")
@@ -24,7 +25,8 @@ def plan_of(recipe, train) -> dict:
     for name, stage in recipe.stages.items():
         image = {k: v for k, v in vars(stage.image).items() if v is not None}
         stages[name] = {
-            "budget": {stage.budget.unit: stage.budget.amount} if stage.budget else "all data, no repeats",
+            "budget": {stage.budget.unit: stage.budget.amount} if stage.budget
+            else "all data, no repeats",
             "seq_len": recipe.stage_seq_len(name),
             "weight_by": stage.weight_by,
             "image": {k: image[k] for k in ("preset", "max_side", "longest_edge", "tile",

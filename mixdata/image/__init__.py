@@ -14,6 +14,21 @@ from .presets import DEFAULTS
 from .process import ProcessedImage, process
 from .tiles import cut_tiles, tiles_from_image
 
-__all__ = ["DEFAULTS", "PRESETS", "ImagePlan", "ImagePolicy", "ProcessedImage", "cut_tiles",
-           "image_token_count", "layout", "plan", "plan_for", "probe", "process",
-           "special_tokens", "tiles_from_image", "view_limits", "ViewLimits"]
+__all__ = [
+           "DEFAULTS",
+           "PRESETS",
+           "ImagePlan",
+           "ImagePolicy",
+           "ProcessedImage",
+           "ViewLimits",
+           "cut_tiles",
+           "image_token_count",
+           "layout",
+           "plan",
+           "plan_for",
+           "probe",
+           "process",
+           "special_tokens",
+           "tiles_from_image",
+           "view_limits",
+]

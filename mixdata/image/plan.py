@@ -65,7 +65,7 @@ class ImagePlan:
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "ImagePlan":
+    def from_json(cls, data: dict) -> ImagePlan:
         fields = {k: v for k, v in data.items() if k not in ("num_tiles", "num_views")}
         for key in ("resized_size", "canvas_size", "offset", "fill", "source_box"):
             if fields.get(key) is not None:

@@ -19,8 +19,15 @@ from PIL import Image
 from ..errors import RecordRejected, Reject, UnitDamaged
 from ..sample import ImagePart, Sample, TextPart
 from ..storage import StorageError
-from ..text import (char_repetition, clean_text, dedup_text, special_char_ratio, stopword_ratio,
-                    word_count, word_repetition)
+from ..text import (
+    char_repetition,
+    clean_text,
+    dedup_text,
+    special_char_ratio,
+    stopword_ratio,
+    word_count,
+    word_repetition,
+)
 from .options import Filters
 
 # filter name -> (measure, is the limit a maximum?)
@@ -58,7 +65,7 @@ def image_size(data: bytes) -> tuple[int, int]:
                 return image.size
     except Image.DecompressionBombError as err:
         raise RecordRejected("image_bomb", str(err)) from None
-    except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+    except Exception as err:  # noqa: BLE001 - PIL raises UnidentifiedImageError, OSError, ...
         raise RecordRejected("image_format", f"unreadable image header ({err})") from None
 
 

@@ -94,4 +94,4 @@ class Filters:
     min_images: int | None = None             # per document
     max_images: int | None = None
     scores: dict[str, ScoreRange] = field(default_factory=dict)  # column -> allowed range
-    dedup: bool = False                       # exact dedup by hash of text and image bytes, per stage
+    dedup: bool = False                       # exact dedup by text + image bytes, per stage

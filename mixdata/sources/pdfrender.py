@@ -102,7 +102,7 @@ class PageRenderer:
         self.timeout_s, self.dpi, self.grayscale = timeout_s, dpi, grayscale
         self._proc = self._conn = None
 
-    def __enter__(self) -> "PageRenderer":
+    def __enter__(self) -> PageRenderer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -14,8 +14,16 @@ from collections.abc import Iterator
 from ..errors import RecordRejected, Reject
 from ..sample import Sample, TextPart
 from ..storage import expand
-from .records import (RecordSource, file_stem, jsonl_records, own_id, parquet_rows,
-                      parquet_units, require, score_fields)
+from .records import (
+    RecordSource,
+    file_stem,
+    jsonl_records,
+    own_id,
+    parquet_rows,
+    parquet_units,
+    require,
+    score_fields,
+)
 
 _META_FIELDS = ("url", "source", "dump", "date", "language", "added", "created")
 

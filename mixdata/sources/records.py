@@ -16,16 +16,16 @@ import posixpath
 import re
 import zlib
 from abc import abstractmethod
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import RecordRejected, Reject, UnitDamaged
 from ..sample import ImagePart, Sample
-from .base import Source
 from ..storage import RetryCounter, StorageError, expand, open_binary, open_text
+from .base import Source
 from .registry import FORMATS
 from .resolve import resolve_image
 from .tario import iter_tar_groups

@@ -12,8 +12,15 @@ import importlib
 from dataclasses import dataclass
 
 from .base import Source
-from .options import (CaptionOptions, HfOptions, InterleavedOptions, PdfOptions, SftOptions,
-                      SourceOptions, TextOptions)
+from .options import (
+    CaptionOptions,
+    HfOptions,
+    InterleavedOptions,
+    PdfOptions,
+    SftOptions,
+    SourceOptions,
+    TextOptions,
+)
 
 
 @dataclass(frozen=True)

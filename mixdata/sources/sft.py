@@ -19,8 +19,18 @@ from collections.abc import Callable, Iterator
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Part, Sample, TextPart
 from ..storage import RetryCounter, expand
-from .records import (RecordSource, base_dir, file_stem, jsonl_records, open_unit_text, own_id,
-                      parquet_rows, parquet_units, require, stream_damage)
+from .records import (
+    RecordSource,
+    base_dir,
+    file_stem,
+    jsonl_records,
+    open_unit_text,
+    own_id,
+    parquet_rows,
+    parquet_units,
+    require,
+    stream_damage,
+)
 
 LoadImage = Callable[[object, dict], ImagePart]
 IMAGE_TAG = "<image>"

@@ -161,7 +161,9 @@ class _TarReader:
     def members(self) -> Iterator[tuple[str, bytes | UnsafeMember]]:
         """(name, bytes or UnsafeMember) of each member, skipping folders and the `__meta__`
         style names webdataset skips too."""
-        self.archive = tarfile.open(fileobj=self.stream, mode="r|*", tarinfo=_EndAwareTarInfo)
+        # the stream is the caller's: closing it is theirs too, the archive only reads it
+        self.archive = tarfile.open(fileobj=self.stream, mode="r|*",  # noqa: SIM115
+                                    tarinfo=_EndAwareTarInfo)
         for info in self.archive:
             self.archive.members = []  # stream mode: do not keep every header in memory
             if info.isdir() or posixpath.basename(info.name).startswith("__"):
