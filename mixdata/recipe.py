@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
@@ -18,6 +18,8 @@ from .config import Invalid, parse
 from .errors import RecipeError
 from .image.policy import ImagePolicy
 from .sources.options import FORMAT_OPTIONS, Filters
+from .tokens.families import FAMILIES
+from .tokens.tokenizer import is_folder_spec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +43,7 @@ class Budget:
         given = [(k, v) for k, v in (("tokens", self.tokens), ("sequences", self.sequences),
                                      ("samples", self.samples)) if v is not None]
         if len(given) != 1:
-            raise Invalid("", {k: v for k, v in given}, "exactly one of tokens, sequences, samples")
+            raise Invalid("", dict(given), "exactly one of tokens, sequences, samples")
         unit, value = given[0]
         if value <= 0:
             raise Invalid(unit, value, "a positive budget")
@@ -76,7 +78,7 @@ class Share:
     share: float
 
 
-MixEntry = Union[float, Weighted, Relative, Share]
+MixEntry = float | Weighted | Relative | Share
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,11 +108,26 @@ class StageSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TokenizerSpec:
+    """`tokenizer: {path: DIR, add_tokens: true}`: an HF tokenizer or model folder whose
+    family image tokens mixdata may add when it lacks them (the manifest records them)."""
+
+    path: str
+    add_tokens: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
+    """A parsed recipe. `tokenizer` is what it names ("bytes", a tokenizer.json, or an HF
+    folder); `family` is the model family every stage's image preset names when it is a
+    folder (None for mixdata's own dialect)."""
+
     name: str
     file: str | None
     seed: int
     tokenizer: str
+    add_tokens: bool = False
+    family: str | None = None
     seq_len: int
     image_tokens_per_tile: int
     sources: dict[str, SourceSpec]
@@ -120,7 +137,8 @@ class Recipe:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()
+        text = json.dumps(self.raw, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def stage_seq_len(self, stage: str) -> int:
         return self.stages[stage].seq_len or self.seq_len
@@ -166,7 +184,7 @@ def resolve_shares(mixture: dict[str, MixEntry]) -> dict[str, float]:
 class _Top:
     name: str | None = None
     seed: int = 0
-    tokenizer: str = "bytes"
+    tokenizer: str | TokenizerSpec = "bytes"
     seq_len: int
     image_tokens_per_tile: int
     sources: dict[str, dict]
@@ -196,7 +214,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except OSError as err:
         raise RecipeError("", "", str(path), f"a readable recipe file ({err.strerror})") from None
     try:
-        data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass
     except yaml.YAMLError as err:
         raise RecipeError("", "", "invalid YAML", f"valid YAML ({err})", file=str(path)) from None
     return parse_recipe(data, file=str(path), default_name=path.stem)
@@ -216,9 +234,36 @@ def parse_recipe(data: Any, file: str | None = None, default_name: str = "recipe
         raise fail("stages", {}, "at least one stage")
     if not isinstance(top.train, dict):
         raise fail("train", top.train, "a mapping")
-    return Recipe(name=top.name or default_name, file=file, seed=top.seed, tokenizer=top.tokenizer,
+    spec = top.tokenizer if isinstance(top.tokenizer, TokenizerSpec) else \
+        TokenizerSpec(path=top.tokenizer)
+    return Recipe(name=top.name or default_name, file=file, seed=top.seed, tokenizer=spec.path,
+                  add_tokens=spec.add_tokens, family=_family(spec, stages, file),
                   seq_len=top.seq_len, image_tokens_per_tile=top.image_tokens_per_tile,
                   sources=sources, stages=stages, train=top.train, raw=data)
+
+
+def _family(spec: TokenizerSpec, stages: dict[str, StageSpec], file: str | None) -> str | None:
+    """The one model family of the stages' image presets when the tokenizer is an HF folder."""
+    if not spec.path:
+        raise RecipeError("", "tokenizer", spec.path, "'bytes', a tokenizer.json file or an HF "
+                          "tokenizer folder", file=file)
+    if not is_folder_spec(spec.path):
+        if spec.add_tokens:
+            raise RecipeError("", "tokenizer.add_tokens", True, "false: only an HF tokenizer "
+                              "folder can gain a model family's tokens", file=file)
+        return None
+    first = None
+    for name, stage in stages.items():
+        preset = stage.image.preset
+        if preset not in FAMILIES:
+            raise RecipeError("", f"stages.{name}.image.preset", preset, "a model family ("
+                              + ", ".join(FAMILIES) + "): with an HF tokenizer folder, images "
+                              "are laid out as that family's processor does", file=file)
+        if first is not None and preset != first[1]:
+            raise RecipeError("", f"stages.{name}.image.preset", preset, f"{first[1]}, as in "
+                              f"stage {first[0]}: one tokenizer is one model family", file=file)
+        first = first or (name, preset)
+    return first[1]
 
 
 def _parse_source(name: str, raw: Any, file: str | None) -> SourceSpec:
@@ -231,7 +276,7 @@ def _parse_source(name: str, raw: Any, file: str | None) -> SourceSpec:
                           file=file)
     if "uri" not in raw:
         raise RecipeError("", f"{key}.uri", "nothing", "a path, glob or URL (required)", file=file)
-    uri = parse(Union[str, list[str]], raw["uri"], f"{key}.uri", file)
+    uri = parse(str | list[str], raw["uri"], f"{key}.uri", file)
     filters = parse(Filters, raw.get("filters", {}), f"{key}.filters", file)
     rest = {k: v for k, v in raw.items() if k not in _SOURCE_COMMON}
     options = parse(FORMAT_OPTIONS[fmt], rest, key, file)

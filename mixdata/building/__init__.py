@@ -18,8 +18,16 @@ from tqdm import tqdm
 
 from ..errors import MixdataError
 from .manifest import build_manifest, write_json_atomic
-from .plan import (PREPARE_MARGIN, load_docs, plan_stage, prefix_length, shard_groups,
-                   shard_hash, stage_budget, unit_cost)
+from .plan import (
+    PREPARE_MARGIN,
+    load_docs,
+    plan_stage,
+    prefix_length,
+    shard_groups,
+    shard_hash,
+    stage_budget,
+    unit_cost,
+)
 from .prepare import prepare_unit, task_for
 from .write import ShardTask, write_shard_task
 
@@ -80,6 +88,10 @@ def build_stage(recipe, stage_name: str, out: str | Path | None = None, workers:
     if stage_name not in recipe.stages:
         raise MixdataError(f"stage {stage_name!r} is not in recipe {recipe.name!r}; "
                            f"stages: {', '.join(recipe.stages)}")
+    if recipe.family is not None:  # a model folder: its processor configs must agree first
+        from ..tokens.dialect import check_dialect
+
+        check_dialect(recipe)
     out = Path(out) if out is not None else default_out(recipe, stage_name)
     out.mkdir(parents=True, exist_ok=True)
     for leftover in out.glob("*.tmp-*"):  # partial files of a crashed run; never final names
@@ -128,7 +140,8 @@ def _prepare(recipe, stage_name: str, cache: Path, executor: Executor, progress:
 
     def run(wanted):
         tasks = [task_for(recipe, stage_name, s, units[s][i], cache) for s, i in wanted]
-        for (s, i), task, result in zip(wanted, tasks, executor.map(prepare_unit, tasks, bar, "prepare")):
+        results = executor.map(prepare_unit, tasks, bar, "prepare")
+        for (s, i), task, result in zip(wanted, tasks, results):
             stats[s][i] = {**result, "path": task.path}
             costs[s][i] = unit_cost(result, task.path, stage.weight_by)
 

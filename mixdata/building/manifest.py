@@ -1,6 +1,7 @@
 """The stage manifest: what was built, from what, and how every input record was accounted."""
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from collections import Counter
@@ -24,10 +25,8 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 def _versions() -> dict:
     out = {"mixdata": __version__, "python": platform.python_version()}
     for name in ("numpy", "pillow", "pyarrow", "pymupdf", "tokenizers", "webdataset"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -65,11 +64,11 @@ def source_accounts(stage, plan, docs, stats, dedup_rejects) -> dict:
 
 def build_manifest(recipe, stage_name, plan, docs, stats, dedup_rejects, shard_infos) -> dict:
     from ..mix import window_deviation
-    from ..tokens import load_tokenizer
+    from ..tokens.dialect import dialect_of, recipe_tokenizer
 
     stage = recipe.stages[stage_name]
     seq_len = recipe.stage_seq_len(stage_name)
-    tok = load_tokenizer(recipe.tokenizer)
+    tok = recipe_tokenizer(recipe)
     real = sum(sum(t.values()) for t in plan.seq_sources_tokens)
     n_seq = len(plan.sequences)
     shares = stage.shares()
@@ -80,6 +79,7 @@ def build_manifest(recipe, stage_name, plan, docs, stats, dedup_rejects, shard_i
         "image_tokens_per_tile": recipe.image_tokens_per_tile,
         "tokenizer": {"identity": tok.identity, "sha256": tok.sha256,
                       "vocab_size": tok.vocab_size, "special_ids": dict(tok.special_ids)},
+        "dialect": dialect_of(tok, recipe, stage_name).to_json(),
         "image_policy": {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in asdict(stage.image).items()},
         "mixture": {"weight_by": stage.weight_by, "target_shares": shares,

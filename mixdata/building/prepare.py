@@ -51,7 +51,8 @@ class UnitTask:
 
 
 def unit_key(recipe, stage: str, source: str, unit: str) -> str:
-    """Cache key: source spec, unit, image policy, tokenizer and lengths; not the mixture."""
+    """Cache key: source spec, unit, image policy, tokenizer (a model folder's content too)
+    and lengths; not the mixture."""
     spec = recipe.sources[source]
     stage_spec = recipe.stages[stage]
     payload = {
@@ -61,6 +62,11 @@ def unit_key(recipe, stage: str, source: str, unit: str) -> str:
         "seq_len": recipe.stage_seq_len(stage), "tpt": recipe.image_tokens_per_tile,
         "loss": stage_spec.loss, "overflow": stage_spec.pack.on_overflow,
     }
+    if recipe.family is not None:  # a model folder: its content, not only its name
+        from ..tokens.dialect import recipe_tokenizer
+
+        tok = recipe_tokenizer(recipe)
+        payload["dialect"] = [recipe.family, recipe.add_tokens, tok.sha256, tok.template_sha256]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -85,7 +91,7 @@ def prepare_record(sample: Sample, policy, tokenizer, *, tokens_per_tile: int, s
         rows.append({
             "sample_id": sample.id, "chunk": chunk,
             "ids": doc.ids.astype("<i4").tobytes(), "loss": doc.loss.astype("u1").tobytes(),
-            "length": int(len(doc.ids)), "supervised": int(doc.loss.sum()),
+            "length": len(doc.ids), "supervised": int(doc.loss.sum()),
             "n_images": len(used), "n_views": int(sum(s.views for s in doc.images)),
             "images": [p.data for p in used], "meta": json.dumps(meta, sort_keys=True),
         })
@@ -99,14 +105,15 @@ class _Context:
         self.key = None
 
     def get(self, task: UnitTask):
-        key = (task.recipe_file, json.dumps(task.recipe_raw, sort_keys=True, default=str), task.stage)
+        raw = json.dumps(task.recipe_raw, sort_keys=True, default=str)
+        key = (task.recipe_file, raw, task.stage)
         if key != self.key:
             from ..recipe import parse_recipe
             from ..sources import open_source
-            from ..tokens import load_tokenizer
+            from ..tokens.dialect import recipe_tokenizer
 
             recipe = parse_recipe(task.recipe_raw, file=task.recipe_file)
-            self.recipe, self.tokenizer = recipe, load_tokenizer(recipe.tokenizer)
+            self.recipe, self.tokenizer = recipe, recipe_tokenizer(recipe)
             self.sources = {n: open_source(s) for n, s in recipe.sources.items()}
             self.key = key
         return self.recipe, self.tokenizer, self.sources[task.source]

@@ -14,6 +14,7 @@ from ..config import parse
 from ..errors import MixdataError
 from ..image import ImagePolicy, plan_for
 from ..shards import locate_manifest, read_manifest
+from ..tokens.dialect import Dialect
 from .collate import BatchSpec, normalize_pixels
 from .dataset import LoadConfig, MixdataDataset, MixdataLoader
 from .order import Component, mixture_pattern
@@ -103,16 +104,36 @@ def batch_spec(manifests: list[dict], urls: list[str]) -> BatchSpec:
     return specs[0]
 
 
+def _token_ids(manifest: dict, url: str) -> tuple[int, int, bool]:
+    """(pad id, image id, views_in_runs) from the manifest's dialect (older manifests: the
+    mixdata specials `<pad>` / `<image>`). Refuses placeholders the default collate cannot
+    split into views."""
+    if "dialect" not in manifest:
+        specials = manifest["tokenizer"].get("special_ids", {})
+        if "<pad>" not in specials or "<image>" not in specials:
+            raise MixdataError(f"{url}: tokenizer.special_ids lacks <pad> or <image>")
+        return int(specials["<pad>"]), int(specials["<image>"]), False
+    try:
+        dialect = Dialect.from_json(manifest["dialect"])
+    except (TypeError, ValueError) as err:
+        raise MixdataError(f"{url}: the manifest's dialect is unreadable ({err}); rebuild the "
+                           "stage") from None
+    if dialect.placeholders == "image":
+        raise MixdataError(
+            f"{url}: shards in the {dialect.family} dialect hold one run of image tokens per "
+            f"image, counted per image by {dialect.family}'s processor rather than per view; the "
+            f"default collate needs one run per view, so a {dialect.family} collate is needed "
+            f"(collate={dialect.family}, not yet available)")
+    return dialect.pad_id, dialect.image_id, dialect.placeholders == "runs"
+
+
 def _one_spec(manifest: dict, url: str) -> BatchSpec:
-    specials = manifest["tokenizer"].get("special_ids", {})
-    if "<pad>" not in specials or "<image>" not in specials:
-        raise MixdataError(f"{url}: tokenizer.special_ids lacks <pad> or <image>")
+    pad_id, image_id, views_in_runs = _token_ids(manifest, url)
     policy = parse(ImagePolicy, manifest["image_policy"], "image_policy", file=url)
     if policy.preset == "qwen2vl":
         raise MixdataError(f"{url}: image preset qwen2vl makes views of varying size; the "
                            "loader batches square T x T views only")
-    return BatchSpec(seq_len=int(manifest["seq_len"]), pad_id=int(specials["<pad>"]),
-                     image_id=int(specials["<image>"]),
+    return BatchSpec(seq_len=int(manifest["seq_len"]), pad_id=pad_id, image_id=image_id,
                      tokens_per_tile=int(manifest["image_tokens_per_tile"]),
                      tile=plan_for(1024, 768, policy).tile,
-                     mean=tuple(policy.mean), std=tuple(policy.std))
+                     mean=tuple(policy.mean), std=tuple(policy.std), views_in_runs=views_in_runs)
