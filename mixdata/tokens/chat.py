@@ -2,8 +2,9 @@
 
 A document is first a prompt string, then one tokenization of it, as the processor does:
 - SFT: the sample's parts become chat messages (consecutive parts of one role are one
-  message; text parts of a message are joined by "\\n"; an image joins the open user/system
-  message, else the message of the next text part, and never an assistant's). The tokenizer's
+  message; text parts of a message are joined by "\\n"; an image joins the open user message,
+  else opens one, which user text right after it joins: templates place images in user
+  messages, never in system or assistant ones). The tokenizer's
   Jinja chat template renders them (`render_jinja_template`, what `apply_chat_template` calls),
   and each image placeholder it writes is replaced by the family's expansion (`families`).
   Tokens get the post-processor's specials unless the prompt starts with the BOS token, as
@@ -140,14 +141,10 @@ def plain_prompt(tok: ModelTokenizer, parts, plans, params, *, supervised: bool,
 def messages_of(tok: ModelTokenizer, parts) -> list[dict]:
     """The chat messages of SFT parts (see module docstring), with source text marked."""
     messages, role = [], None
-    for i, part in enumerate(parts):
-        if isinstance(part, TextPart):
-            wanted = part.role
-        elif role in ("user", "system"):
-            wanted = role
-        else:
-            following = [p.role for p in parts[i:] if isinstance(p, TextPart)]
-            wanted = following[0] if following and following[0] != "assistant" else "user"
+    for part in parts:
+        # chat templates place images in user messages: an image joins the open user
+        # message, or opens one (which the user text after it then joins)
+        wanted = part.role if isinstance(part, TextPart) else "user"
         if wanted != role:
             messages.append({"role": wanted, "content": []})
             role = wanted
