@@ -387,14 +387,15 @@ def write_sources(root: Path, images: list[bytes]) -> dict:
             "interleaved": {"format": "obelics", "uri": f"{root}/interleaved/docs.parquet"}}
 
 
-def build_stage_for(setup: Setup, root: Path, *, seq_len: int = 512):
-    """Build one stage mixing the three sources with the setup's folder as tokenizer;
-    returns (output folder, recipe)."""
+def build_stage_for(setup: Setup, root: Path, *, seq_len: int = 512, tokenizer=None):
+    """Build one stage mixing the three sources with the setup's folder as tokenizer (or the
+    recipe's `tokenizer:` given); returns (output folder, recipe)."""
     from mixdata.building import build_stage
     from mixdata.recipe import parse_recipe
 
     images = image_bank()
-    raw = {"name": f"dialect-{setup.family}", "seed": 3, "tokenizer": str(setup.folder),
+    raw = {"name": f"dialect-{setup.family}", "seed": 3,
+           "tokenizer": tokenizer or str(setup.folder),
            "seq_len": seq_len, "image_tokens_per_tile": setup.tokens_per_tile,
            "sources": write_sources(root / "data", images),
            "stages": {"sft": {"image": setup.image_settings(), "max_epochs": 1,

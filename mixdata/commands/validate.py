@@ -10,9 +10,11 @@ def register(sub) -> None:
         "validate", help="check a recipe and print its resolved plan",
         description="Parse and validate a recipe, then print every stage's resolved plan: "
                     "budget, image policy and normalised mixture shares (alpha entries "
-                    "resolved). Exits 0 when valid and 2 when the recipe is invalid, with a "
-                    "message naming the file, the key path, what was found and what was "
-                    "expected.")
+                    "resolved). With an HF tokenizer folder it also checks the recipe's image "
+                    "settings against the folder's processor configs (a local folder only: "
+                    "nothing is fetched; a remote one is checked when a stage is built). "
+                    "Exits 0 when valid and 2 when the recipe is invalid, with a message "
+                    "naming the file, the key path, what was found and what was expected.")
     parser.add_argument("recipe", help="path to a recipe YAML file")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.set_defaults(run=run)
@@ -22,8 +24,9 @@ def plan_of(recipe) -> dict:
     stages = {}
     for name, stage in recipe.stages.items():
         image = {k: v for k, v in vars(stage.image).items() if v is not None}
+        budget = {stage.budget.unit: stage.budget.amount} if stage.budget else None
         stages[name] = {
-            "budget": {stage.budget.unit: stage.budget.amount} if stage.budget else "all data, no repeats",
+            "budget": budget or "all data, no repeats",
             "seq_len": recipe.stage_seq_len(name),
             "weight_by": stage.weight_by,
             "image": {k: image[k] for k in ("preset", "max_side", "longest_edge", "tile",
@@ -31,6 +34,7 @@ def plan_of(recipe) -> dict:
             "shares": {src: round(share, 6) for src, share in stage.shares().items()},
         }
     return {"recipe": recipe.name, "seed": recipe.seed, "tokenizer": recipe.tokenizer,
+            "dialect": recipe.family or "mixdata", "add_tokens": recipe.add_tokens,
             "seq_len": recipe.seq_len, "image_tokens_per_tile": recipe.image_tokens_per_tile,
             "sources": {n: {"format": s.format, "uri": s.uri} for n, s in recipe.sources.items()},
             "stages": stages}
@@ -38,14 +42,21 @@ def plan_of(recipe) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..recipe import load_recipe
+    from ..tokens.dialect import check_dialect
 
     recipe = load_recipe(args.recipe)
+    note = check_dialect(recipe, fetch=False)
     plan = plan_of(recipe)
     if args.json:
-        print(json.dumps(plan, indent=2))
+        print(json.dumps({**plan, "note": note} if note else plan, indent=2))
         return 0
     print(f"recipe {plan['recipe']}: valid  (seed {plan['seed']}, tokenizer {plan['tokenizer']}, "
           f"seq_len {plan['seq_len']}, {plan['image_tokens_per_tile']} tokens/tile)")
+    if recipe.family:
+        print(f"dialect: {recipe.family} (the model's own tokens, chat template and image "
+              f"layout{'; may add missing image tokens' if recipe.add_tokens else ''})")
+    if note:
+        print(f"note: {note}")
     print(f"sources: {len(plan['sources'])}")
     for name, src in plan["sources"].items():
         print(f"  {name:<20} {src['format']:<16} {src['uri']}")
