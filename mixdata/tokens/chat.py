@@ -177,10 +177,10 @@ def render_chat(tok: ModelTokenizer, messages: list[dict], *, generation_prompt:
 def _reply_span(tok: ModelTokenizer, messages, k: int, full: str) -> tuple[int, int]:
     """Characters of reply `k` in `full`: its text to the end of its turn (see docstring)."""
     turn, _ = render_chat(tok, messages[:k + 1])
-    heads = [render_chat(tok, messages[:k], generation_prompt=True)[0],
-             render_chat(tok, messages[:k])[0]] if k else [""]
-    head = next((h for h in heads if turn.startswith(h)), None)
-    if head is None or not full.startswith(turn):
+    head = render_chat(tok, messages[:k], generation_prompt=True)[0] if k else ""
+    if not turn.startswith(head):  # a generation prompt other than the reply's own header
+        head = render_chat(tok, messages[:k])[0]
+    if not turn.startswith(head) or not full.startswith(turn):
         raise RecordRejected("sft_spans", f"the chat template renders message {k} differently "
                              "once more messages follow, so its reply cannot be located")
     text = "\n".join(c["text"] for c in messages[k]["content"] if c["type"] == "text")
