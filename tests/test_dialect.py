@@ -16,7 +16,6 @@ import yaml
 from dialect_fixtures import (
     CONVERSATIONS,
     Setup,
-    build_stage_for,
     image_bank,
     img,
     mixdata_docs,
@@ -25,6 +24,7 @@ from dialect_fixtures import (
     txt,
     write_tokenizer,
 )
+from dialect_shards import build_stage_for
 
 from mixdata.cli import main
 from mixdata.errors import MixdataError, RecipeError, RecordRejected

@@ -13,7 +13,6 @@ from dialect_fixtures import (
     CONVERSATIONS,
     Setup,
     auto_tokenizer,
-    check_built,
     generation_variant,
     hf_messages,
     image_bank,
@@ -32,6 +31,7 @@ from dialect_fixtures import (
     write_processor_configs,
     write_tokenizer,
 )
+from dialect_shards import check_built
 from transformers import (
     Idefics3ImageProcessorPil,
     Idefics3Processor,

@@ -14,7 +14,6 @@ from dialect_fixtures import (
     CONVERSATIONS,
     Setup,
     auto_tokenizer,
-    check_built,
     image_bank,
     image_only,
     mixdata_docs,
@@ -30,7 +29,11 @@ from dialect_fixtures import (
     write_processor_configs,
     write_tokenizer,
 )
+from dialect_shards import check_built
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import GotOcr2ImageProcessorPil, InternVLProcessor
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
 from mixdata.image import ImagePolicy, plan
 
@@ -94,6 +97,16 @@ def test_patches_are_the_image_processors(low, high):
         out = hf(images=[pil(png((width, height), 0))], return_tensors="np")
         assert out["num_patches"][0] == p.num_views, (width, height)
         assert out["pixel_values"].shape[1:] == (3, 32, 32)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(1, 6000), st.integers(1, 6000), st.sampled_from([448, 32, 40]),
+       st.sampled_from([(1, 12), (1, 6), (2, 9), (4, 4), (1, 1)]))
+def test_grid_is_get_optimal_tiled_canvas(width, height, tile, bounds):
+    low, high = bounds
+    p = plan(width, height, "internvl", tile=tile, min_tiles=low, max_tiles=high)
+    cols, rows = get_optimal_tiled_canvas((height, width), (tile, tile), low, high)
+    assert (p.cols, p.rows) == (cols, rows) or (p.num_views == 1 and cols * rows == 1)
 
 
 @pytest.mark.parametrize("index", range(len(CONVERSATIONS)))

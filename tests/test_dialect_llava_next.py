@@ -15,7 +15,6 @@ from dialect_fixtures import (
     CONVERSATIONS,
     Setup,
     auto_tokenizer,
-    check_built,
     image_bank,
     mixdata_docs,
     pil,
@@ -30,11 +29,16 @@ from dialect_fixtures import (
     write_processor_configs,
     write_tokenizer,
 )
+from dialect_shards import check_built
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
+from transformers.image_processing_utils import select_best_resolution
 
 from mixdata.errors import MixdataError
 from mixdata.image import ImagePolicy, plan
 from mixdata.sample import ImagePart, Sample, TextPart
+from mixdata.tokens.families import llava_next_count
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -120,6 +124,18 @@ def test_geometry_and_counts_are_the_processors(setup):
         counted = processor(text="<image>", images=[pil(png((width, height), 0))])
         want = int((np.asarray(counted["input_ids"][0]) == tok.image_id).sum())
         assert int((doc.ids == tok.image_id).sum()) == want, (width, height)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 5000))
+def test_pinpoint_and_count_are_the_processors_arithmetic(setup, width, height):
+    """select_best_resolution and LlavaNextProcessor's feature count, without pixels."""
+    processor = setup.processor
+    pins_hw = processor.image_processor.image_grid_pinpoints
+    p = plan(width, height, "llava-next", tile=32, pinpoints=setup.policy.pinpoints)
+    assert tuple(select_best_resolution((height, width), pins_hw)) == p.canvas_size[::-1]
+    count = processor._get_number_of_features(height, width, 32, 32) - 1  # "default" strategy
+    assert llava_next_count(p, patch_size=16, extra_tokens=0) == count
 
 
 @pytest.mark.parametrize("index", range(len(CONVERSATIONS)))

@@ -15,7 +15,6 @@ from dialect_fixtures import (
     CONVERSATIONS,
     Setup,
     auto_tokenizer,
-    check_built,
     generation_variant,
     hf_messages,
     image_bank,
@@ -35,7 +34,11 @@ from dialect_fixtures import (
     write_processor_configs,
     write_tokenizer,
 )
+from dialect_shards import check_built
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from mixdata.errors import MixdataError
 from mixdata.image import ImagePolicy, plan
@@ -99,6 +102,17 @@ def test_grid_is_the_image_processors(low, high):
         w, h = p.resized_size
         assert grid[0].tolist() == [1, h // 14, w // 14], (width, height)
         assert p.view_tokens == grid[0].prod() // 4
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 5000), st.sampled_from([
+    (56 * 56, 28 * 28 * 1280), (28 * 28 * 4, 28 * 28 * 40), (3136, 12544)]))
+def test_resize_is_smart_resize(width, height, bounds):
+    if max(width, height) / min(width, height) > 200:  # smart_resize refuses these
+        return
+    low, high = bounds
+    h, w = smart_resize(height, width, factor=28, min_pixels=low, max_pixels=high)
+    assert plan(width, height, "qwen2vl", min_pixels=low, max_pixels=high).resized_size == (w, h)
 
 
 @pytest.mark.parametrize("index", range(len(CONVERSATIONS)))

@@ -105,6 +105,33 @@ def conversations(rng, n: int, images: int) -> list[list[dict]]:
     return out
 
 
+def inputs(convs, photos, decoded):
+    """mixdata Samples and HF messages of the same conversations."""
+    from mixdata.sample import ImagePart, Sample, TextPart
+
+    samples = [Sample(id=str(k), source="s", kind="sft", parts=tuple(
+        ImagePart(data=photos[c["index"]]) if c["type"] == "image"
+        else TextPart(text=c["text"], role=m["role"]) for m in conv for c in m["content"]))
+        for k, conv in enumerate(convs)]
+    messages = [[{"role": m["role"], "content": [
+        {"type": "image", "image": decoded[c["index"]]} if c["type"] == "image" else c
+        for c in m["content"]]} for m in conv] for conv in convs]
+    return samples, messages
+
+
+def measure(paths: dict, repeat: int, check) -> dict[str, float]:
+    """Best seconds per path over `repeat` passes, paths taking turns; `check(results)`."""
+    times = {name: [] for name in paths}
+    for _ in range(repeat):
+        results = {}
+        for name, fn in paths.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+        check(results)
+    return {name: min(t) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=40)
@@ -113,7 +140,6 @@ def main() -> None:
     from transformers import AutoTokenizer, Idefics3ImageProcessorPil, Idefics3Processor
 
     from mixdata.image import ImagePolicy, process
-    from mixdata.sample import ImagePart, Sample, TextPart
     from mixdata.tokens import load_tokenizer, render
 
     folder = make_folder(Path(tempfile.mkdtemp()))
@@ -127,45 +153,29 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, python "
           f"{platform.python_version()}; {args.records} records, best of {args.repeat}")
     for images in (0, 2):
-        convs = conversations(rng, args.records, images)
-        samples = [Sample(id=str(k), source="s", kind="sft", parts=tuple(
-            ImagePart(data=photos[c["index"]]) if c["type"] == "image"
-            else TextPart(text=c["text"], role=m["role"]) for m in conv for c in m["content"]))
-            for k, conv in enumerate(convs)]
-        hf_inputs = [[{"role": m["role"], "content": [
-            {"type": "image", "image": decoded[c["index"]]} if c["type"] == "image" else c
-            for c in m["content"]]} for m in conv] for conv in convs]
+        samples, messages = inputs(conversations(rng, args.records, images), photos, decoded)
 
-        def ours():
-            out = []
-            for sample in samples:
-                plans = [process(p.data, policy, len(sample.images)).plan for p in sample.images]
-                out.append(render(sample, plans, tok, tokens_per_tile=169, seq_len=1 << 20)[0])
-            return out
+        def ours(samples=samples):
+            return [render(s, [process(p.data, policy, len(s.images)).plan for p in s.images],
+                           tok, tokens_per_tile=169, seq_len=1 << 20)[0] for s in samples]
 
-        def theirs():
+        def theirs(messages=messages):
             return [processor.apply_chat_template(m, chat_template=MARKED, tokenize=True,
                                                   return_dict=True,
                                                   return_assistant_tokens_mask=True)
-                    for m in hf_inputs]
+                    for m in messages]
 
-        times = {"mixdata": [], "transformers": []}
-        for _ in range(args.repeat):
-            for name, fn in (("mixdata", ours), ("transformers", theirs)):
-                start = time.perf_counter()
-                result = fn()
-                times[name].append(time.perf_counter() - start)
-                if name == "mixdata":
-                    docs = result
-                else:
-                    for doc, ref in zip(docs, result):
-                        assert doc.ids.tolist() == list(ref["input_ids"][0])
-                        assert doc.loss.tolist() == list(ref["assistant_masks"][0])
-        best = {k: args.records / min(v) for k, v in times.items()}
-        tokens = sum(len(d.ids) for d in docs) / len(docs)
-        print(f"{images} images/record ({tokens:.0f} tokens/record): mixdata "
-              f"{best['mixdata']:.1f} records/s, transformers {best['transformers']:.1f} "
-              f"records/s, ratio {best['mixdata'] / best['transformers']:.2f}x")
+        def check(results):
+            for doc, ref in zip(results["mixdata"], results["transformers"]):
+                assert doc.ids.tolist() == list(ref["input_ids"][0])
+                assert doc.loss.tolist() == list(ref["assistant_masks"][0])
+            check.tokens = sum(len(d.ids) for d in results["mixdata"]) / len(samples)
+
+        best = measure({"mixdata": ours, "transformers": theirs}, args.repeat, check)
+        rate = {name: args.records / seconds for name, seconds in best.items()}
+        print(f"{images} images/record ({check.tokens:.0f} tokens/record): mixdata "
+              f"{rate['mixdata']:.1f} records/s, transformers {rate['transformers']:.1f} "
+              f"records/s, ratio {rate['mixdata'] / rate['transformers']:.2f}x")
 
 
 if __name__ == "__main__":
