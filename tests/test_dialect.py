@@ -179,6 +179,24 @@ def test_a_reply_the_template_rewrites_is_rejected_with_a_reason(tmp_path, chang
     assert err.value.reason == "sft_spans" and why in err.value.message
 
 
+def test_a_reply_spelled_inside_its_header_is_located_by_probing(tmp_path):
+    """A template without a generation prompt whose assistant header holds the reply's
+    letters ("Assist" in "Assistant: "): the reply is where the template writes reply text."""
+    template = ("{% for message in messages %}{% if message['role'] == 'assistant' %}"
+                "Assistant: {% else %}User: {% endif %}{% for c in message['content'] %}"
+                "{{ c['text'] }}{% endfor %}<|im_end|>\n{% endfor %}")
+    folder = qwen_folder(tmp_path / "tok", template=template)
+    conversation = [{"role": "user", "content": [txt("Say it.")]},
+                    {"role": "assistant", "content": [txt("Assist")]},
+                    {"role": "user", "content": [txt("Again.")]},
+                    {"role": "assistant", "content": [txt("t")]}]
+    setup = qwen_setup(folder)
+    doc, = mixdata_docs(setup, sft_sample(conversation, image_bank()))
+    tok = setup.tokenizer()
+    supervised = [tok.decode(doc.ids[i:i + 1]) for i in np.flatnonzero(doc.loss)]
+    assert "".join(supervised).replace(" ", "") == "Assist<|im_end|>t<|im_end|>"
+
+
 def test_a_template_that_drops_images_is_rejected(tmp_path):
     folder = qwen_folder(tmp_path / "tok", template=QWEN_TEMPLATE.replace(
         "<|vision_start|><|image_pad|><|vision_end|>", ""))

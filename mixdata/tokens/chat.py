@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import MixdataError, RecordRejected
 from ..sample import ImagePart, Sample, TextPart
 from .families import expand, plain_wrap
-from .hf import GENERATION_TAG, MARK_START, ModelTokenizer
+from .hf import GENERATION_TAG, MARK_START, REPLY_PROBE, ModelTokenizer
 from .render import CAPTION_KINDS, ImageSlot, RenderedDoc
 
 
@@ -174,6 +174,28 @@ def render_chat(tok: ModelTokenizer, messages: list[dict], *, generation_prompt:
     return texts[0], [tuple(s) for s in (indices[0] if spans else [])]
 
 
+def _reply_start(tok, messages, k: int, turn: str, head: int) -> int:
+    """Where reply `k`'s text starts in `turn` (its rendering), at or after `head`.
+
+    The text found once after the head is the reply. Found several times (a header such as
+    "Assistant:" that the generation prompt does not write, holding the reply's letters), the
+    template is rendered once more with a probe in place of the reply: the probe's position
+    is where the template writes reply text, which must then be the reply.
+    """
+    text = "\n".join(c["text"] for c in messages[k]["content"] if c["type"] == "text")
+    needles = [n for n in dict.fromkeys((text, text.strip())) if n]
+    for needle in needles:
+        if turn.count(needle, head) == 1:
+            return turn.find(needle, head)
+    probed = [*messages[:k], {"role": "assistant", "content": [
+        {"type": "text", "text": REPLY_PROBE}]}]
+    start = render_chat(tok, probed)[0].find(REPLY_PROBE)
+    if start >= head and any(turn.startswith(n, start) for n in needles):
+        return start
+    raise RecordRejected("sft_spans", f"the chat template does not write reply {k} as it "
+                         "is; its tokens cannot be found")
+
+
 def _reply_span(tok: ModelTokenizer, messages, k: int, full: str) -> tuple[int, int]:
     """Characters of reply `k` in `full`: its text to the end of its turn (see docstring)."""
     turn, _ = render_chat(tok, messages[:k + 1])
@@ -183,14 +205,7 @@ def _reply_span(tok: ModelTokenizer, messages, k: int, full: str) -> tuple[int, 
     if not turn.startswith(head) or not full.startswith(turn):
         raise RecordRejected("sft_spans", f"the chat template renders message {k} differently "
                              "once more messages follow, so its reply cannot be located")
-    text = "\n".join(c["text"] for c in messages[k]["content"] if c["type"] == "text")
-    for needle in (text, text.strip()):
-        start = turn.find(needle, len(head))
-        if start >= 0 and needle:
-            break
-    else:
-        raise RecordRejected("sft_spans", f"the chat template does not write reply {k} "
-                             "as it is; its tokens cannot be found")
+    start = _reply_start(tok, messages, k, turn, len(head))
     end = len(turn.rstrip())
     if end <= start:
         raise RecordRejected("sft_spans", f"reply {k} is empty once rendered")
@@ -266,7 +281,10 @@ def render_model(sample: Sample, plans, tok: ModelTokenizer, *, tokens_per_tile:
         raise RecordRejected("too_long", f"sample {sample.id!r}: {len(doc.ids)} tokens with "
                              f"images exceed seq_len {seq_len}")
     for k in range(len(sample.parts) - 1, 0, -1):
-        part = document(sample.parts[:k], closed=False)
+        try:
+            part = document(sample.parts[:k], closed=False)
+        except RecordRejected:  # e.g. a template that refuses a conversation cut there
+            continue
         if len(part.ids) <= seq_len and part.loss.any():
             if sft:
                 _check_mask(sample, part)

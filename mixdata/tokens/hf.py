@@ -33,6 +33,7 @@ HASH_FORMAT = "mixdata-model-tokenizer-v1"
 # Private-use characters around source text that spells a control token, so that it is
 # encoded as text; the same pair transformers' `sanitize_control_tokens` uses.
 MARK_START, MARK_END = "\U000f0000", "\U000f0001"
+REPLY_PROBE = "\U000f0002"  # stands in for a reply when locating it (chat._reply_start)
 GENERATION_TAG = re.compile(r"\{\%-?\s*generation\s*-?\%\}")
 
 
@@ -244,7 +245,8 @@ class ModelTokenizer(Tokenizer):
 
     def mark(self, text: str) -> str:
         """`text` with every control token it spells wrapped in the private markers."""
-        text = text.replace(MARK_START, "").replace(MARK_END, "")
+        for private in (MARK_START, MARK_END, REPLY_PROBE):
+            text = text.replace(private, "")
         return self.control_pattern.sub(lambda m: f"{MARK_START}{m.group(0)}{MARK_END}", text)
 
     def encode(self, text: str) -> list[int]:
