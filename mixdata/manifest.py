@@ -3,8 +3,9 @@
 `manifest.json` sits beside a stage's shards. The build writes a `Manifest` (`write_manifest`,
 last, atomically); the loader, the trainer and the CLI read it through `read_manifest` only.
 It states everything a consumer needs, so nothing re-derives it: the token and image geometry
-(`geometry`: view size, tokens per view, grid limits), the tokenizer's identity and special
-ids, and per shard its counts and sha256. It also accounts for every record read
+(`geometry`: view size, tokens per view, grid limits), the dialect (`tokens.dialect.Dialect`:
+the tokenizer's identity and hash, special ids by role, how placeholders are laid out), and
+per shard its counts and sha256. It also accounts for every record read
 (`SourceAccount`: read = written + rejected + unused, each counted on its own).
 
 Everything in it is a function of the recipe, the inputs and the seed, so two builds give the
@@ -20,6 +21,7 @@ from pathlib import Path
 from .config import parse
 from .errors import MixdataError, RecipeError
 from .storage import read_bytes, write_json_atomic
+from .tokens.dialect import Dialect
 
 FORMAT = "mixdata-shards-v2"
 MANIFEST_NAME = "manifest.json"
@@ -87,16 +89,6 @@ class Geometry:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TokenizerInfo:
-    identity: str
-    sha256: str
-    vocab_size: int
-    special_ids: dict[str, int]
-    pad_id: int
-    image_id: int
-
-
-@dataclass(frozen=True, kw_only=True)
 class RecipeInfo:
     name: str
     sha256: str
@@ -136,7 +128,7 @@ class Manifest:
     seed: int
     seq_len: int
     image_tokens_per_tile: int
-    tokenizer: TokenizerInfo
+    dialect: Dialect
     image_policy: dict
     geometry: Geometry
     mixture: MixtureInfo
@@ -152,7 +144,7 @@ class Manifest:
         return sum(s.samples for s in self.shards)
 
     def to_json(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        return {**_plain(dataclasses.asdict(self)), "dialect": self.dialect.to_json()}
 
     @classmethod
     def from_json(cls, data: object, where: str = MANIFEST_NAME) -> Manifest:
@@ -160,6 +152,12 @@ class Manifest:
         if isinstance(data, dict) and data.get("format") != FORMAT:
             raise MixdataError(f"{where} has format {data.get('format')!r}, this mixdata reads "
                                f"{FORMAT!r}; rebuild the stage with this version")
+        if isinstance(data, dict) and "dialect" in data:
+            try:
+                data = {**data, "dialect": Dialect.from_json(data["dialect"])}
+            except (TypeError, ValueError) as err:
+                raise MixdataError(f"{where} is not a valid mixdata manifest: dialect: {err}; "
+                                   "rebuild the stage") from None
         try:
             return parse(cls, data, "", where)
         except RecipeError as err:

@@ -19,6 +19,8 @@ from .errors import RecipeError
 from .image.policy import ImagePolicy
 from .sources.options import Filters, HfOptions, SourceOptions
 from .sources.registry import FORMATS, record_formats
+from .tokens.families import FAMILIES
+from .tokens.tokenizer import is_folder_spec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,11 +127,26 @@ class DemoCorpus:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TokenizerSpec:
+    """`tokenizer: {path: DIR, add_tokens: true}`: an HF tokenizer or model folder whose
+    family image tokens mixdata may add when it lacks them (the manifest records them)."""
+
+    path: str
+    add_tokens: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
+    """A parsed recipe. `tokenizer` is what it names ("bytes", a tokenizer.json, or an HF
+    folder); `family` is the model family every stage's image preset names when it is a
+    folder (None for mixdata's own dialect)."""
+
     name: str
     file: str | None
     seed: int
     tokenizer: str
+    add_tokens: bool = False
+    family: str | None = None
     seq_len: int
     image_tokens_per_tile: int
     sources: dict[str, SourceSpec]
@@ -193,7 +210,7 @@ def resolve_shares(mixture: dict[str, MixEntry]) -> dict[str, float]:
 class _Top:
     name: str | None = None
     seed: int = 0
-    tokenizer: str = "bytes"
+    tokenizer: str | TokenizerSpec = "bytes"
     seq_len: int
     image_tokens_per_tile: int
     sources: dict[str, dict]
@@ -245,7 +262,10 @@ def parse_recipe(data: Any, file: str | None = None, default_name: str = "recipe
         raise fail("stages", {}, "at least one stage")
     if not isinstance(top.train, dict):
         raise fail("train", top.train, "a mapping")
-    return Recipe(name=top.name or default_name, file=file, seed=top.seed, tokenizer=top.tokenizer,
+    spec = top.tokenizer if isinstance(top.tokenizer, TokenizerSpec) else \
+        TokenizerSpec(path=top.tokenizer)
+    return Recipe(name=top.name or default_name, file=file, seed=top.seed, tokenizer=spec.path,
+                  add_tokens=spec.add_tokens, family=_family(spec, stages, file),
                   seq_len=top.seq_len, image_tokens_per_tile=top.image_tokens_per_tile,
                   sources=sources, stages=stages, train=top.train, raw=data, demo=demo)
 
@@ -283,6 +303,30 @@ def _demo_paths(raw, demo: DemoCorpus | None):
         return value
 
     return {k: resolve(v) if k in _DEMO_KEYS else v for k, v in raw.items()}
+
+
+def _family(spec: TokenizerSpec, stages: dict[str, StageSpec], file: str | None) -> str | None:
+    """The one model family of the stages' image presets when the tokenizer is an HF folder."""
+    if not spec.path:
+        raise RecipeError("tokenizer", spec.path, "'bytes', a tokenizer.json file or an HF "
+                          "tokenizer folder", file=file)
+    if not is_folder_spec(spec.path):
+        if spec.add_tokens:
+            raise RecipeError("tokenizer.add_tokens", True, "false: only an HF tokenizer "
+                              "folder can gain a model family's tokens", file=file)
+        return None
+    first = None
+    for name, stage in stages.items():
+        preset = stage.image.preset
+        if preset not in FAMILIES:
+            raise RecipeError(f"stages.{name}.image.preset", preset, "a model family ("
+                              + ", ".join(FAMILIES) + "): with an HF tokenizer folder, images "
+                              "are laid out as that family's processor does", file=file)
+        if first is not None and preset != first[1]:
+            raise RecipeError(f"stages.{name}.image.preset", preset, f"{first[1]}, as in "
+                              f"stage {first[0]}: one tokenizer is one model family", file=file)
+        first = first or (name, preset)
+    return first[1]
 
 
 def _parse_source(name: str, raw: Any, file: str | None) -> SourceSpec:

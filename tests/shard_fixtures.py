@@ -20,9 +20,9 @@ from mixdata.manifest import (
     PackingInfo,
     RecipeInfo,
     ShardEntry,
-    TokenizerInfo,
     write_manifest,
 )
+from mixdata.tokens.dialect import Dialect, stage_geometry
 from mixdata.shards import PackedSequence, write_shard
 
 SEQ_LEN = 128
@@ -95,9 +95,12 @@ def fixture_manifest(shard_infos: list, seed: int) -> Manifest:
     return Manifest(
         recipe=RecipeInfo(name="fixture", sha256="0" * 64, snapshot={}), stage="fixture",
         seed=seed, seq_len=SEQ_LEN, image_tokens_per_tile=TOKENS_PER_TILE,
-        tokenizer=TokenizerInfo(identity="fixture", sha256="0" * 64,
-                                vocab_size=256 + len(SPECIAL_IDS),
-                                special_ids=dict(SPECIAL_IDS), pad_id=PAD, image_id=IMAGE),
+        dialect=Dialect(family="mixdata", tokenizer="fixture", tokenizer_sha256="0" * 64,
+                        chat_template_sha256=None, vocab_size=256 + len(SPECIAL_IDS),
+                        special_ids={"pad": PAD, "image": IMAGE},
+                        special_tokens={"pad": "<pad>", "image": "<image>"},
+                        tokens_per_tile=TOKENS_PER_TILE, placeholders="views",
+                        geometry=stage_geometry(POLICY)),
         image_policy=POLICY.to_json(),
         geometry=Geometry(preset=POLICY.preset, tile=limits.tile,
                           tokens_per_view=TOKENS_PER_TILE, max_rows=limits.max_rows,

@@ -19,10 +19,9 @@ from ..manifest import (
     RunInfo,
     ShardEntry,
     SourceAccount,
-    TokenizerInfo,
 )
 from ..mix import window_deviation
-from ..tokens import load_tokenizer
+from ..tokens.dialect import dialect_of, recipe_tokenizer
 from .accounts import check_balance, record_fates
 from .plan import SourceDocs, StagePlan
 from .prepare import UnitStats
@@ -79,13 +78,6 @@ def geometry(recipe, stage) -> Geometry:
                     std=tuple(policy.std))
 
 
-def tokenizer_info(spec: str) -> TokenizerInfo:
-    tok = load_tokenizer(spec)
-    return TokenizerInfo(identity=tok.identity, sha256=tok.sha256, vocab_size=tok.vocab_size,
-                         special_ids=dict(tok.special_ids), pad_id=tok.pad_id,
-                         image_id=tok.image_id)
-
-
 def build_manifest(recipe, stage_name: str, plan: StagePlan, docs: dict[str, SourceDocs],
                    stats: dict[str, list[UnitStats]], shard_infos: list[dict]) -> Manifest:
     stage = recipe.stages[stage_name]
@@ -98,7 +90,8 @@ def build_manifest(recipe, stage_name: str, plan: StagePlan, docs: dict[str, Sou
         recipe=RecipeInfo(name=recipe.name, sha256=recipe.sha256, snapshot=recipe.raw),
         stage=stage_name, seed=recipe.seed, seq_len=seq_len,
         image_tokens_per_tile=recipe.image_tokens_per_tile,
-        tokenizer=tokenizer_info(recipe.tokenizer), image_policy=stage.image.to_json(),
+        dialect=dialect_of(recipe_tokenizer(recipe), recipe, stage_name),
+        image_policy=stage.image.to_json(),
         geometry=geometry(recipe, stage),
         mixture=MixtureInfo(weight_by=stage.weight_by, target_shares=shares,
                             budget={stage.budget.unit: stage.budget.amount}

@@ -24,7 +24,8 @@ from ..sample import Sample
 from ..sources import open_source
 from ..sources.filtering import dedup_key, read_clean
 from ..storage import atomic_file, write_json_atomic
-from ..tokens import load_tokenizer, render
+from ..tokens import render
+from ..tokens.dialect import recipe_tokenizer
 
 FORMAT_VERSION = "prepare-v3"
 
@@ -57,7 +58,8 @@ class UnitTask:
 
 
 def unit_key(recipe, stage: str, source: str, unit: str) -> str:
-    """Cache key: source spec, unit, image policy, tokenizer and lengths; not the mixture."""
+    """Cache key: source spec, unit, image policy, tokenizer (a model folder's content too)
+    and lengths; not the mixture."""
     spec = recipe.sources[source]
     stage_spec = recipe.stages[stage]
     payload = {
@@ -67,6 +69,9 @@ def unit_key(recipe, stage: str, source: str, unit: str) -> str:
         "seq_len": recipe.stage_seq_len(stage), "tpt": recipe.image_tokens_per_tile,
         "loss": stage_spec.loss, "overflow": stage_spec.pack.on_overflow,
     }
+    if recipe.family is not None:  # a model folder: its content, not only its name
+        tok = recipe_tokenizer(recipe)
+        payload["dialect"] = [recipe.family, recipe.add_tokens, tok.sha256, tok.template_sha256]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -147,7 +152,7 @@ class _Context:
         key = (task.recipe_file, raw, task.stage)
         if key != self.key:
             recipe = parse_recipe(task.recipe_raw, file=task.recipe_file)
-            self.recipe, self.tokenizer = recipe, load_tokenizer(recipe.tokenizer)
+            self.recipe, self.tokenizer = recipe, recipe_tokenizer(recipe)
             self.sources = {n: open_source(s) for n, s in recipe.sources.items()}
             self.key = key
         return self.recipe, self.tokenizer, self.sources[task.source]

@@ -14,7 +14,8 @@ def register(sub) -> None:
                     "sample id, its text with image markers (placeholder runs collapsed), its "
                     "supervised (loss) spans, and each image's size, grid and token span.")
     parser.add_argument("dir", help="shard folder (with manifest.json)")
-    parser.add_argument("--index", type=int, default=0, help="sequence index in the stage (default 0)")
+    parser.add_argument("--index", type=int, default=0,
+                        help="sequence index in the stage (default 0)")
     parser.add_argument("--width", type=int, default=400,
                         help="characters of text shown per document (default 400; 0 = all)")
     parser.set_defaults(run=run)
@@ -25,13 +26,15 @@ def _compact(text: str) -> str:
 
 
 def _clip(text: str, width: int) -> str:
-    return text if not width or len(text) <= width else text[:width] + f"... (+{len(text) - width} chars)"
+    if not width or len(text) <= width:
+        return text
+    return text[:width] + f"... (+{len(text) - width} chars)"
 
 
 def spans(mask) -> list[tuple[int, int]]:
     """Maximal [start, end) runs where mask is true."""
     out, start = [], None
-    for i, flag in enumerate(list(mask) + [0]):
+    for i, flag in enumerate([*list(mask), 0]):
         if flag and start is None:
             start = i
         elif not flag and start is not None:
@@ -63,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
     from ..tokens import load_tokenizer
 
     manifest = read_manifest(args.dir)
-    tok = load_tokenizer(manifest.tokenizer.identity)
+    dialect = manifest.dialect
+    if dialect.family == "mixdata":
+        tok = load_tokenizer(dialect.tokenizer)
+    else:  # the model folder, with the tokens the build added, to decode them by name
+        tok = load_tokenizer(dialect.tokenizer, family=dialect.family,
+                             add_tokens=bool(dialect.added_tokens))
     name, seq = find_sequence(args.dir, manifest, args.index)
     n_img = len(seq.meta["images"])
     print(f"sequence {args.index} ({name}, key {seq.key}): {len(seq.tokens)} tokens of "

@@ -29,6 +29,10 @@ class ImagePlan:
     - An untiled image has rows = cols = 1, no global view, and its one view is the whole
       canvas: tile x tile for every preset except qwen2vl, whose canvas is its own size (sides
       multiples of `tile`, the 28 px unit) with `view_tokens` placeholders.
+    - `source_size` (w, h) of the image as displayed, kept only where the token count depends
+      on it (llava-next: its processor counts the unpadded features from the original size,
+      its `image_sizes`). It is left out of `to_json` when None, so plans of the other presets
+      serialise as they always did.
     """
 
     preset: str
@@ -43,6 +47,7 @@ class ImagePlan:
     fill: tuple[int, int, int] = (128, 128, 128)
     filter: str = "bicubic"
     view_tokens: int | None = None
+    source_size: tuple[int, int] | None = None
 
     @property
     def num_tiles(self) -> int:
@@ -59,15 +64,17 @@ class ImagePlan:
     def to_json(self) -> dict:
         """A plain JSON-able dict; derived counts are included for readers without mixdata."""
         out = asdict(self)
-        for key in ("resized_size", "canvas_size", "offset", "fill", "source_box"):
+        for key in ("resized_size", "canvas_size", "offset", "fill", "source_box", "source_size"):
             out[key] = list(out[key]) if out[key] is not None else None
+        if out["source_size"] is None:
+            del out["source_size"]
         out["num_tiles"], out["num_views"] = self.num_tiles, self.num_views
         return out
 
     @classmethod
     def from_json(cls, data: dict) -> ImagePlan:
         fields = {k: v for k, v in data.items() if k not in ("num_tiles", "num_views")}
-        for key in ("resized_size", "canvas_size", "offset", "fill", "source_box"):
+        for key in ("resized_size", "canvas_size", "offset", "fill", "source_box", "source_size"):
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
         made = cls(**fields)
@@ -103,13 +110,17 @@ def plan(width: int, height: int, preset: str, *, images_in_sample: int = 1,
         raise ValueError(f"filter must be one of {FILTERS}, got {resample!r}")
     if preset == "mm15":
         merged["images_in_sample"] = images_in_sample
+    fill, source_size = fill_colour(mean), None
     if preset == "llava-next":
         merged["pinpoints"] = tuple(tuple(p) for p in merged["pinpoints"])
+        # LLaVA-NeXT pads its anyres canvas with black, before normalisation (the reference
+        # and transformers' processor alike), and counts tokens from the original size
+        fill, source_size = (0, 0, 0), (width, height)
     geo = GEOMETRY[preset](width, height, **merged)
     return ImagePlan(preset=preset, resized_size=geo.content, canvas_size=geo.canvas,
                      rows=geo.rows, cols=geo.cols, tile=geo.tile, global_view=geo.global_view,
-                     offset=geo.offset, source_box=geo.source_box, fill=fill_colour(mean),
-                     filter=resample, view_tokens=geo.view_tokens)
+                     offset=geo.offset, source_box=geo.source_box, fill=fill,
+                     filter=resample, view_tokens=geo.view_tokens, source_size=source_size)
 
 
 def plan_for(width: int, height: int, policy: ImagePolicy, images_in_sample: int = 1) -> ImagePlan:

@@ -87,18 +87,25 @@ def batch_spec(manifests: list[Manifest], urls: list[str]) -> BatchSpec:
     for spec, url in zip(specs, urls):
         if spec != specs[0]:
             raise MixdataError(f"{url} does not batch like {urls[0]}: {spec} vs {specs[0]}")
-    tokenizers = {m.tokenizer.sha256 for m in manifests}
+    tokenizers = {m.dialect.tokenizer_sha256 for m in manifests}
     if len(tokenizers) > 1:
         raise MixdataError(f"the datasets were tokenized differently ({sorted(tokenizers)})")
     return specs[0]
 
 
 def _one_spec(manifest: Manifest, url: str) -> BatchSpec:
-    geometry = manifest.geometry
+    geometry, dialect = manifest.geometry, manifest.dialect
+    if dialect.placeholders == "image":
+        raise MixdataError(
+            f"{url}: shards in the {dialect.family} dialect hold one run of image tokens per "
+            f"image, counted per image by {dialect.family}'s processor rather than per view; the "
+            f"default collate needs one run per view, so a {dialect.family} collate is needed "
+            f"(collate={dialect.family!r})")
     if geometry.tile is None:
         raise MixdataError(f"{url}: image preset {geometry.preset} makes views of varying "
                            "size; the loader batches square T x T views only")
-    return BatchSpec(seq_len=manifest.seq_len, pad_id=manifest.tokenizer.pad_id,
-                     image_id=manifest.tokenizer.image_id,
+    # InternVL's dialect writes an image's views as one run, view after view ("runs")
+    return BatchSpec(seq_len=manifest.seq_len, pad_id=dialect.pad_id, image_id=dialect.image_id,
                      tokens_per_tile=geometry.tokens_per_view, tile=geometry.tile,
-                     mean=tuple(geometry.mean), std=tuple(geometry.std))
+                     mean=tuple(geometry.mean), std=tuple(geometry.std),
+                     views_in_runs=dialect.placeholders == "runs")

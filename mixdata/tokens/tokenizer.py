@@ -1,6 +1,7 @@
 """Tokenizers with mixdata's special tokens: the built-in byte tokenizer and HF tokenizer.json.
 
-Both expose the same small interface (`Tokenizer`). Special tokens are never produced by
+Both expose the same small interface (`Tokenizer`), as does a model folder's own tokenizer
+(`mixdata.tokens.hf.ModelTokenizer`, the model dialect). Special tokens are never produced by
 `encode`: text that happens to spell `<image>` or `<s>` stays text, so a source cannot inject
 placeholders or document boundaries. Only `render` places specials, by id.
 """
@@ -154,14 +155,29 @@ class HFTokenizer(Tokenizer):
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
-def load_tokenizer(spec: str) -> Tokenizer:
-    """`"bytes"`, a tokenizer.json file, or a folder containing one."""
+def is_folder_spec(spec: str) -> bool:
+    """Whether `tokenizer:` names an HF tokenizer or model folder (the model's own dialect)
+    rather than mixdata's dialect (`bytes`, or a tokenizer.json file)."""
+    return spec != "bytes" and not spec.endswith(".json")
+
+
+def load_tokenizer(spec: str, *, family: str | None = None, add_tokens: bool = False,
+                   grid: int = 0) -> Tokenizer:
+    """`"bytes"` or a tokenizer.json file (mixdata's dialect), or an HF tokenizer or model
+    folder, local or any fsspec URL (that model's dialect, see `mixdata.tokens.hf`).
+
+    For a folder, `family` is the image family (default: from its processor_config.json),
+    `add_tokens` allows adding the family's missing image tokens, and `grid` is the most
+    idefics3 tile rows/columns the recipe can produce (their markers must exist).
+    """
     if spec == "bytes":
         return ByteTokenizer()
+    if is_folder_spec(spec):
+        from .hf import load_model_tokenizer  # transformers, only for a model folder
+
+        return load_model_tokenizer(spec, family, add_tokens=add_tokens, grid=grid)
     path = Path(spec)
-    if path.is_dir():
-        path = path / "tokenizer.json"
     if not path.is_file():
-        raise MixdataError(f"tokenizer {spec!r}: expected 'bytes', a tokenizer.json file or a "
-                           f"folder containing one; {path} does not exist")
+        raise MixdataError(f"tokenizer {spec!r}: expected 'bytes', a tokenizer.json file or an "
+                           f"HF tokenizer folder; {path} does not exist")
     return HFTokenizer(spec, path)

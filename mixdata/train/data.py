@@ -37,9 +37,9 @@ def read_stage_manifest(folder: Path, recipe, stage: str, tokenizer) -> Manifest
             raise MixdataError(f"{folder}/manifest.json: {key} is {getattr(manifest, key)} but "
                                f"recipe {recipe.name!r} stage {stage!r} says {value}; rebuild "
                                f"the shards (delete {folder})")
-    if manifest.tokenizer.sha256 != tokenizer.sha256:
+    if manifest.dialect.tokenizer_sha256 != tokenizer.sha256:
         raise MixdataError(f"{folder}/manifest.json: shards were tokenized with "
-                           f"{manifest.tokenizer.sha256}, the recipe's tokenizer is "
+                           f"{manifest.dialect.tokenizer_sha256}, the recipe's tokenizer is "
                            f"{tokenizer.sha256}; rebuild the shards")
     return manifest
 
