@@ -1,7 +1,7 @@
 """Tokenizers and rendering Samples into token ids, loss masks and image slots."""
 from __future__ import annotations
 
-from .render import ImageSlot, RenderedDoc, render
+from .rendering import ImageSlot, RenderedDoc, render
 from .tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer, special_names
 
 __all__ = ["ByteTokenizer", "HFTokenizer", "ImageSlot", "RenderedDoc", "Tokenizer",

@@ -37,7 +37,7 @@ from ..errors import MixdataError, RecordRejected
 from ..sample import ImagePart, Sample, TextPart
 from .families import expand, plain_wrap
 from .hf import GENERATION_TAG, MARK_START, REPLY_PROBE, ModelTokenizer
-from .render import CAPTION_KINDS, ImageSlot, RenderedDoc
+from .rendering import CAPTION_KINDS, ImageSlot, RenderedDoc
 
 
 @dataclass
