@@ -36,7 +36,7 @@ class PackItem(NamedTuple):
 class Bin:
     """One sequence being filled: its members and what room is left."""
 
-    __slots__ = ("serial", "batch", "space", "images", "views", "members")
+    __slots__ = ("batch", "images", "members", "serial", "space", "views")
 
     def __init__(self, serial: int, batch: int, seq_len: int):
         self.serial, self.batch, self.space = serial, batch, seq_len

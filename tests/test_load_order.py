@@ -1,13 +1,21 @@
 """The loader's pure cores, by property: order arithmetic, shuffle, runs, collate invariants."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixdata.loading.collate import BatchSpec, Row, collate, placeholder_runs
-from mixdata.loading.order import (Component, Split, component_runs, mixture_pattern,
-                                   shuffle_order, virtual_segments)
+from mixdata.loading.order import (
+    Component,
+    Split,
+    component_runs,
+    mixture_pattern,
+    shuffle_order,
+    virtual_segments,
+)
 from mixdata.shards import PackedSequence
 
 FAST = settings(max_examples=60, deadline=None)
@@ -38,7 +46,7 @@ def test_split_gives_every_rank_equal_disjoint_ranges(samples, batch, world, str
     assert len({s.batches for s in splits}) == 1 and splits[0].batches % streams == 0
     starts = [a for a, _ in ranges]
     assert starts == sorted(starts) and all(b - a == splits[0].stream_length for a, b in ranges)
-    assert all(a2 == b1 for (_, b1), (a2, _) in zip(ranges, ranges[1:]))  # contiguous
+    assert all(a2 == b1 for (_, b1), (a2, _) in itertools.pairwise(ranges))  # contiguous
     covered = ranges[-1][1]  # what the epoch reads: all but less than a group, or a bit more
     if drop_last:
         assert samples - group < covered <= samples

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixdata.errors import MixdataError
-from mixdata.mix import (MixError, permutation, random_schedule, schedule, window_deviation)
+from mixdata.mix import MixError, permutation, random_schedule, schedule, window_deviation
 from mixdata.pack import PackItem, pack
 
 MM1 = {"interleaved": 45.0, "captions": 45.0, "text": 10.0}

@@ -1,12 +1,14 @@
 """Packing: invariants (property tests), caps, determinism, order and efficiency."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixdata.pack import (PackItem, efficiency, pack, pack_first_fit, pack_one_per_sequence)
+from mixdata.pack import PackItem, efficiency, pack, pack_first_fit, pack_one_per_sequence
 
 PACKERS = [pack, pack_first_fit, pack_one_per_sequence]
 
@@ -132,7 +134,7 @@ def test_output_follows_input_order():
     sequences = pack(items, 2048, window=window)
     first = [seq[0] for seq in sequences]
     # Sequences live at most two batches and emission reorders within a bounded lookahead.
-    assert all(b - a > -3 * window for a, b in zip(first, first[1:]))
+    assert all(b - a > -3 * window for a, b in itertools.pairwise(first))
     last_seen = np.maximum.accumulate([seq[-1] for seq in sequences])
     assert all(seq[0] >= last_seen[k] - 3 * window for k, seq in enumerate(sequences))
 

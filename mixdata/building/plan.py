@@ -9,6 +9,7 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+
 import numpy as np
 import pyarrow.ipc as ipc
 
@@ -97,7 +98,7 @@ class StagePlan:
 
 
 def plan_stage(stage, docs: dict[str, SourceDocs], *, seq_len: int, seed: int) -> StagePlan:
-    shares = {s: v for s, v in stage.shares().items()}
+    shares = dict(stage.shares().items())
     mean_len = {s: float(d.length[d.keep].mean()) if len(d) else 1.0 for s, d in docs.items()}
     budget = stage_budget(stage, seq_len, mean_len, shares)
     index = {s: np.flatnonzero(d.keep) for s, d in docs.items()}

@@ -32,11 +32,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import MixdataError
 from ..lifeline import die_with_parent
-from .collate import (BatchSpec, PixelMemory, Row, RowFailed, collate, cut_row,
-                      normalize_pixels, shared_pixels)
+from .collate import (
+    BatchSpec,
+    PixelMemory,
+    Row,
+    RowFailed,
+    collate,
+    cut_row,
+    normalize_pixels,
+    shared_pixels,
+)
 from .order import Component, Split, shuffle_order, worker_streams
-from .reader import (MAX_WORKERS, FailureRun, LoadStats, Positions, chunked, fill_failures,
-                     shuffled)
+from .reader import MAX_WORKERS, FailureRun, LoadStats, Positions, chunked, fill_failures, shuffled
 
 log = logging.getLogger("mixdata.load")
 # Batch iterators still open, closed at exit while every module is intact: one dropped at
@@ -228,7 +235,7 @@ class MixdataDataset(IterableDataset):
         if self._streams:
             self._offset = self._normalised(self.split(self._streams))[1]
 
-    def loader(self, num_workers: int = 0, **kwargs) -> "MixdataLoader":
+    def loader(self, num_workers: int = 0, **kwargs) -> MixdataLoader:
         """A DataLoader over this dataset (batch_size=None) that keeps the position."""
         if not self._streams:
             self._streams = max(1, num_workers)

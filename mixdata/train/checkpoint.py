@@ -30,7 +30,7 @@ def load_file(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MixdataError(f"no checkpoint at {path}") from None
-    except Exception as err:  # an unpickling refusal or a truncated file
+    except Exception as err:  # noqa: BLE001 - an unpickling refusal or a truncated file
         raise MixdataError(f"cannot read checkpoint {path}: {err}") from None
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 from ..config import Invalid, parse
 from ..errors import RecipeError
@@ -80,7 +80,8 @@ class StepBudget:
     tokens: float | None = None
 
     def __post_init__(self) -> None:
-        given = [(k, v) for k, v in (("steps", self.steps), ("tokens", self.tokens)) if v is not None]
+        given = [(k, v) for k, v in (("steps", self.steps), ("tokens", self.tokens))
+                 if v is not None]
         if len(given) != 1:
             raise Invalid("", dict(given), "exactly one of steps, tokens")
         if given[0][1] <= 0:
@@ -100,7 +101,7 @@ class EvalSpec:
 class StageTrain:
     trainable: Trainable = field(default_factory=Trainable)
     lora: LoraSpec = field(default_factory=LoraSpec)
-    lr: Union[float, ModuleLR, None] = None   # None: the preset's learning rate
+    lr: float | ModuleLR | None = None   # None: the preset's learning rate
     warmup: int = 10
     min_lr_ratio: float = 0.1
     budget: StepBudget | None = None           # None: one pass over the stage's shards
@@ -132,7 +133,7 @@ class StageTrain:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    model: Union[Literal["tiny", "small", "base"], ModelSpec] = "tiny"
+    model: Literal["tiny", "small", "base"] | ModelSpec = "tiny"
     micro_batch: int = 8
     checkpoint_every: int = 100
     seed: int | None = None          # None: the recipe's seed

@@ -17,7 +17,8 @@ def shard_folder(recipe, stage: str) -> Path:
     return default_out(recipe, stage)
 
 
-def ensure_shards(recipe, stage: str, ctx: Dist, *, workers: int = 1, progress: bool = True) -> Path:
+def ensure_shards(recipe, stage: str, ctx: Dist, *, workers: int = 1,
+                  progress: bool = True) -> Path:
     """The stage's shard folder; the main rank builds it first when it has no manifest."""
     folder = shard_folder(recipe, stage)
     if ctx.is_main and not (folder / "manifest.json").exists():

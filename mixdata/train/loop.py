@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
 
 from ..errors import MixdataError
+from ..loading import normalize_pixels
 from .checkpoint import CHECKPOINT, restore_checkpoint, save_checkpoint
 from .config import StageTrain, StepPlan
 from .ddp import Dist, all_sum, gather_objects
-from .metrics import (MetricsLog, doc_lengths_squared, flop_model, format_summary, mfu,
-                      peak_flops, summarize)
-from ..loading import normalize_pixels
+from .metrics import (
+    MetricsLog,
+    doc_lengths_squared,
+    flop_model,
+    format_summary,
+    mfu,
+    peak_flops,
+    summarize,
+)
 from .model import IGNORE, token_losses
 
 
@@ -88,7 +96,8 @@ def train_step(model, optimizer, scheduler, micro_batches: list[dict], *, ctx: D
             (loss_sum * scale).backward()
         summed += loss_sum.detach()
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(trained, grad_clip)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)

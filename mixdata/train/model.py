@@ -137,7 +137,8 @@ def scatter_features(embeddings: torch.Tensor, features: torch.Tensor,
             f"{sorted(set(widths.tolist()))} placeholder tokens (image_tokens_per_tile mismatch)")
     offsets = torch.arange(per_view, device=embeddings.device)
     flat = (tile_spans[:, :1] * length + tile_spans[:, 1:2] + offsets).reshape(-1)
-    merged = embeddings.reshape(-1, dim).index_copy(0, flat, features.reshape(-1, dim).to(embeddings.dtype))
+    features = features.reshape(-1, dim).to(embeddings.dtype)
+    merged = embeddings.reshape(-1, dim).index_copy(0, flat, features)
     return merged.view(batch, length, dim)
 
 
