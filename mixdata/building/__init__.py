@@ -18,8 +18,15 @@ from tqdm import tqdm
 
 from ..errors import MixdataError
 from .manifest import build_manifest, write_json_atomic
-from .plan import (PREPARE_MARGIN, load_docs, plan_stage, prefix_length, shard_groups,
-                   shard_hash, stage_budget, unit_cost)
+from .plan import (
+    PREPARE_MARGIN,
+    SourceInput,
+    plan_stage,
+    prefix_length,
+    shard_hash,
+    stage_budget,
+    unit_cost,
+)
 from .prepare import prepare_unit, task_for
 from .write import ShardTask, write_shard_task
 
@@ -91,18 +98,18 @@ def build_stage(recipe, stage_name: str, out: str | Path | None = None, workers:
         units, stats = _prepare(recipe, stage_name, out / ".prepare", executor, progress)
         timings["prepare_s"] = time.perf_counter() - started
         t = time.perf_counter()
-        docs = {s: load_docs(units[s], [st["path"] for st in stats[s]]) for s in units}
-        from .plan import apply_dedup
-
-        dedup_rejects = apply_dedup(docs, list(units))
-        plan = plan_stage(stage, docs, seq_len=recipe.stage_seq_len(stage_name), seed=recipe.seed)
+        sources = {s: SourceInput(units=tuple(units[s]), paths=tuple(st["path"] for st in stats[s]),
+                                  dedup=recipe.sources[s].filters.dedup) for s in units}
+        plan = plan_stage(stage, sources, seq_len=recipe.stage_seq_len(stage_name),
+                          seed=recipe.seed, folder=out / ".plan")
+        dedup_rejects = plan.duplicate_rejects(units)
         timings["plan_s"] = time.perf_counter() - t
         t = time.perf_counter()
         shard_infos = _write(recipe, stage_name, out, plan, stats, executor, progress)
         timings["write_s"] = time.perf_counter() - t
     finally:
         executor.close()
-    manifest = build_manifest(recipe, stage_name, plan, docs, stats, dedup_rejects, shard_infos)
+    manifest = build_manifest(recipe, stage_name, plan, stats, dedup_rejects, shard_infos)
     _write_rejects(out, stats, dedup_rejects)
     timings.update(total_s=time.perf_counter() - started, workers=executor.workers)
     write_json_atomic(out / "timings.json", timings)
@@ -128,7 +135,8 @@ def _prepare(recipe, stage_name: str, cache: Path, executor: Executor, progress:
 
     def run(wanted):
         tasks = [task_for(recipe, stage_name, s, units[s][i], cache) for s, i in wanted]
-        for (s, i), task, result in zip(wanted, tasks, executor.map(prepare_unit, tasks, bar, "prepare")):
+        results = executor.map(prepare_unit, tasks, bar, "prepare")
+        for (s, i), task, result in zip(wanted, tasks, results):
             stats[s][i] = {**result, "path": task.path}
             costs[s][i] = unit_cost(result, task.path, stage.weight_by)
 
@@ -176,11 +184,12 @@ def _write(recipe, stage_name, out: Path, plan, stats, executor, progress) -> li
     keys = {s: [os.path.basename(p) for p in paths[s]] for s in stats}
     context = json.dumps({"recipe": recipe.sha256, "stage": stage_name, "v": 1})
     tasks = []
-    for n, group in enumerate(shard_groups(plan, stage.pack.sequences_per_shard)):
-        seqs = [[(s, paths[s][u], r) for s, u, r in plan.sequences[k]] for k in group]
+    for n, group in enumerate(plan.shard_ranges(stage.pack.sequences_per_shard)):
+        refs = plan.refs(group.start, len(group))
         tasks.append(ShardTask(out_dir=str(out), name=f"shard-{n:06d}.tar",
-                               plan_hash=shard_hash(plan, group, keys, context),
-                               first_index=group[0], sequences=seqs, key_prefix=""))
+                               plan_hash=shard_hash(refs, plan.sources, keys, context),
+                               first_index=group.start,
+                               sequences=refs.sequences(plan.sources, paths), key_prefix=""))
     names = {t.name for t in tasks}
     for stale in out.glob("shard-*.tar"):
         if stale.name not in names:

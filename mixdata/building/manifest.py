@@ -1,6 +1,7 @@
 """The stage manifest: what was built, from what, and how every input record was accounted."""
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from collections import Counter
@@ -9,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
+from ..errors import MixdataError
 
 MANIFEST_FORMAT = "mixdata-shards-v1"
 
@@ -24,22 +26,18 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 def _versions() -> dict:
     out = {"mixdata": __version__, "python": platform.python_version()}
     for name in ("numpy", "pillow", "pyarrow", "pymupdf", "tokenizers", "webdataset"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
-def source_accounts(stage, plan, docs, stats, dedup_rejects) -> dict:
+def source_accounts(stage, plan, stats, dedup_rejects) -> dict:
+    """Per source: records read, written, rejected and unused, each counted on its own (the
+    plan counts written and unused records, prepare the rejected ones), so the balance
+    read = written + rejected + unused is a check that can fail."""
     shares = stage.shares()
-    total_tokens = sum(sum(t.values()) for t in plan.seq_sources_tokens) or 1
-    written_docs = Counter(s for seq in plan.sequences for s, _, _ in seq)
-    total_docs = sum(written_docs.values()) or 1
-    images = plan.images
-    tokens = Counter()
-    for per_source in plan.seq_sources_tokens:
-        tokens.update(per_source)
+    total_tokens = plan.tokens or 1
+    total_docs = sum(p.documents for p in plan.per_source.values()) or 1
     accounts = {}
     for s in stats:
         rejected = Counter()
@@ -48,30 +46,33 @@ def source_accounts(stage, plan, docs, stats, dedup_rejects) -> dict:
             read += unit["read"]
             rejected.update(unit["rejected"])
         rejected.update(Counter(r["reason"] for r in dedup_rejects.get(s, [])))
-        written = len(plan.used_records.get(s, ()))
-        n_rejected = sum(rejected.values())
+        planned = plan.per_source[s]
+        unused = {k: v for k, v in planned.unused.items() if k != "duplicate" and v}
+        n_rejected, n_unused = sum(rejected.values()), sum(unused.values())
+        if read != planned.written + n_rejected + n_unused:
+            raise MixdataError(f"source {s!r}: {read} records read but {planned.written} "
+                               f"written + {n_rejected} rejected + {n_unused} unused; the build "
+                               "lost count of some records (a bug: please report it)")
         accounts[s] = {
-            "read": read, "written": written, "rejected": n_rejected,
+            "read": read, "written": planned.written, "rejected": n_rejected,
             "rejected_by_reason": dict(sorted(rejected.items())),
-            "unused": read - written - n_rejected,
-            "units": len(stats[s]), "tokens": int(tokens[s]), "images": images[s],
-            "documents": int(written_docs[s]), "epochs": round(plan.epochs.get(s, 0.0), 6),
-            "share_tokens": round(tokens[s] / total_tokens, 6),
-            "share_samples": round(written_docs[s] / total_docs, 6),
+            "unused": n_unused, "unused_by_reason": dict(sorted(unused.items())),
+            "units": len(stats[s]), "tokens": planned.tokens, "images": planned.images,
+            "documents": planned.documents, "epochs": round(planned.epochs, 6),
+            "share_tokens": round(planned.tokens / total_tokens, 6),
+            "share_samples": round(planned.documents / total_docs, 6),
             "target_share": round(shares.get(s, 0.0), 6),
         }
     return accounts
 
 
-def build_manifest(recipe, stage_name, plan, docs, stats, dedup_rejects, shard_infos) -> dict:
-    from ..mix import window_deviation
+def build_manifest(recipe, stage_name, plan, stats, dedup_rejects, shard_infos) -> dict:
     from ..tokens import load_tokenizer
 
     stage = recipe.stages[stage_name]
     seq_len = recipe.stage_seq_len(stage_name)
     tok = load_tokenizer(recipe.tokenizer)
-    real = sum(sum(t.values()) for t in plan.seq_sources_tokens)
-    n_seq = len(plan.sequences)
+    real, n_seq = plan.tokens, plan.sequences
     shares = stage.shares()
     return {
         "format": MANIFEST_FORMAT,
@@ -84,10 +85,9 @@ def build_manifest(recipe, stage_name, plan, docs, stats, dedup_rejects, shard_i
                          for k, v in asdict(stage.image).items()},
         "mixture": {"weight_by": stage.weight_by, "target_shares": shares,
                     "budget": {stage.budget.unit: stage.budget.amount} if stage.budget else None,
-                    "max_window_deviation": round(window_deviation(
-                        plan.seq_sources_tokens, shares, window=1000), 6) if n_seq else 0.0},
+                    "max_window_deviation": round(plan.window_deviation, 6)},
         "shards": [_shard_entry(i) for i in shard_infos],
-        "sources": source_accounts(stage, plan, docs, stats, dedup_rejects),
+        "sources": source_accounts(stage, plan, stats, dedup_rejects),
         "packing": {"seq_len": seq_len, "sequences": n_seq, "tokens": int(real),
                     "efficiency": round(real / (n_seq * seq_len), 6) if n_seq else 0.0,
                     "max_images": stage.pack.max_images, "max_tiles": stage.pack.max_tiles},

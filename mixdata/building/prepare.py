@@ -20,7 +20,7 @@ import pyarrow.ipc as ipc
 from ..errors import RecordRejected, Reject
 from ..sample import Sample
 
-FORMAT_VERSION = "prepare-v2"
+FORMAT_VERSION = "prepare-v3"
 
 SCHEMA = pa.schema([
     ("record", pa.int32()),          # index of the record within its unit
@@ -34,7 +34,7 @@ SCHEMA = pa.schema([
     ("n_views", pa.int32()),
     ("images", pa.list_(pa.binary())),  # processed image bytes, in token order
     ("meta", pa.string()),           # JSON: per image {plan, span, ext}
-    ("dedup", pa.string()),          # sha1 of text + image bytes, "" when dedup is off
+    ("dedup", pa.binary(16)),        # sha1 of text + image bytes (first 16 bytes); zeros: off
 ])
 
 
@@ -85,7 +85,7 @@ def prepare_record(sample: Sample, policy, tokenizer, *, tokens_per_tile: int, s
         rows.append({
             "sample_id": sample.id, "chunk": chunk,
             "ids": doc.ids.astype("<i4").tobytes(), "loss": doc.loss.astype("u1").tobytes(),
-            "length": int(len(doc.ids)), "supervised": int(doc.loss.sum()),
+            "length": len(doc.ids), "supervised": int(doc.loss.sum()),
             "n_images": len(used), "n_views": int(sum(s.views for s in doc.images)),
             "images": [p.data for p in used], "meta": json.dumps(meta, sort_keys=True),
         })
@@ -99,7 +99,8 @@ class _Context:
         self.key = None
 
     def get(self, task: UnitTask):
-        key = (task.recipe_file, json.dumps(task.recipe_raw, sort_keys=True, default=str), task.stage)
+        raw = json.dumps(task.recipe_raw, sort_keys=True, default=str)
+        key = (task.recipe_file, raw, task.stage)
         if key != self.key:
             from ..recipe import parse_recipe
             from ..sources import open_source
@@ -144,7 +145,7 @@ def prepare_unit(task: UnitTask) -> dict:
                                   message=err.message).to_json())
             reasons[err.reason] += 1
             continue
-        key = dedup_key(item) if dedup else ""
+        key = bytes.fromhex(dedup_key(item))[:16] if dedup else bytes(16)
         rows.extend({**row, "record": record, "dedup": key} for row in new)
     _write_table(Path(task.path + ".arrow"), rows)
     stats = {"unit": task.unit, "read": read, "records_ok": read - len(rejects),
