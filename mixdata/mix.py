@@ -215,10 +215,19 @@ class StreamSchedule:
     def epochs(self) -> dict[str, float]:
         return {st.name: st.used / st.table.kept for st in self.streams}
 
+    def _limit(self) -> float:
+        """A virtual time just past where the schedule should stop, so no source generates
+        far beyond it (raised if the schedule turns out to go further)."""
+        if self.budget is not None:
+            return self.budget * 1.01 + 1
+        return min(st.table.kept_cost / st.share for st in self.streams) * 1.01 + 1
+
     def __iter__(self) -> Iterator[ScheduledChunk]:
-        done, total = False, 0.0
+        done, total, limit = False, 0.0, self._limit()
         for j in range(1, 2**62):
-            horizon = j * self.span
+            horizon = min(j * self.span, limit)
+            if horizon == limit:
+                limit *= 2
             parts = [st.take_before(horizon) for st in self.streams]
             source = np.concatenate([np.full(len(p["tag"]), k) for k, p in enumerate(parts)])
             cols = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -403,7 +412,7 @@ class WindowDeviation:
             per_window = csum[self.window:] - csum[:-self.window]
             self.worst = max(self.worst, self._deviation(per_window))
             self.full = True
-        self.tail = rows[len(rows) - self.window + 1:] if self.window > 1 else rows[:0]
+        self.tail = rows[max(0, len(rows) - self.window + 1):] if self.window > 1 else rows[:0]
 
     def _deviation(self, per_window: np.ndarray) -> float:
         realised = per_window / np.maximum(per_window.sum(axis=1, keepdims=True), 1)
