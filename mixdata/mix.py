@@ -34,7 +34,7 @@ import numpy as np
 from .errors import MixdataError
 
 BLOCK = 8192          # documents per block of the epoch permutation
-WINDOW_BLOCKS = 32    # blocks permuted together (262,144 documents)
+WINDOW_BLOCKS = 16    # blocks permuted together (131,072 documents)
 
 
 class MixError(MixdataError):
@@ -124,7 +124,7 @@ class SourceStream:
                 cols["index"] = np.concatenate([np.arange(a, b) for a, b in ranges])[perm]
                 if "keep" in cols:
                     cols = {k: v[cols["keep"]] for k, v in cols.items() if k != "keep"}
-                cols["epoch"] = np.full(len(cols["index"]), epoch, np.int64)
+                cols["epoch"] = np.full(len(cols["index"]), epoch, np.int32)
                 yield cols
             epoch += 1
 

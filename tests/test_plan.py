@@ -21,7 +21,7 @@ from mixdata.building.plan import (
     stage_budget,
 )
 from mixdata.building.prepare import SCHEMA, _write_table
-from mixdata.building.units import UnitTable, find_duplicates, scan
+from mixdata.building.units import UnitTable, scan, scan_sources
 from mixdata.mix import StreamSchedule, default_span, window_deviation
 from mixdata.recipe import Budget, PackSpec, StageSpec
 
@@ -119,33 +119,33 @@ def test_duplicates_first_record_wins_across_sources_and_units(tmp_path):
     a0 = write_unit(tmp_path / "a0", [5, 6, 7], records=[0, 0, 1], keys=[7, 7, 8])
     a1 = write_unit(tmp_path / "a1", [4], records=[0], keys=[7])
     b0 = write_unit(tmp_path / "b0", [3, 3, 3], keys=[8, 0, 9])
-    sizes = [scan([a0, a1])[0], scan([b0])[0]]
-    found = find_duplicates([[a0, a1], [b0]], sizes, tmp_path / "scratch")
-    assert [d.tolist() for d, _ in found] == [[3], [0]]
-    assert [tokens for _, tokens in found] == [4, 3]
-    assert find_duplicates([[], [b0]], [sizes[0], sizes[1]], tmp_path)[1][0].tolist() == []
+    found = scan_sources([([a0, a1], True), ([b0], True)], tmp_path)
+    assert [d.tolist() for _, d, _ in found] == [[3], [0]]
+    assert [tokens for _, _, tokens in found] == [4, 3]
+    assert [d.tolist() for _, d, _ in scan_sources([([a0, a1], False), ([b0], True)],
+                                                     tmp_path)] == [[], []]
 
 
 def test_spilled_dedup_equals_in_memory(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
-    paths, sizes, seen = [], [], set()
+    paths, seen = [], set()
     for u in range(6):
         keys = rng.integers(1, 300, 200)
         seen.update(keys.tolist())
         paths.append(write_unit(tmp_path / f"u{u}", rng.integers(1, 50, 200), keys=keys))
-        sizes.append(200)
-    in_memory = find_duplicates([paths[:3], paths[3:]], [sizes[:3], sizes[3:]], tmp_path / "m")
+    groups = [(paths[:3], True), (paths[3:], True)]
+    in_memory = scan_sources(groups, tmp_path)
     monkeypatch.setattr(units_module, "PARTITION_DOCS", 100)
-    spilled = find_duplicates([paths[:3], paths[3:]], [sizes[:3], sizes[3:]], tmp_path / "s")
-    assert [(d.tolist(), t) for d, t in spilled] == [(d.tolist(), t) for d, t in in_memory]
-    assert len(in_memory[0][0]) + len(in_memory[1][0]) == 1200 - len(seen)
-    assert not list((tmp_path / "s").glob("dedup-*"))  # spill files are removed
+    spilled = scan_sources(groups, tmp_path)
+    assert [(d.tolist(), t) for _, d, t in spilled] == [(d.tolist(), t) for _, d, t in in_memory]
+    assert len(in_memory[0][1]) + len(in_memory[1][1]) == 1200 - len(seen)
+    assert not list(tmp_path.glob("dedup-*"))  # spill files are removed
 
 
 def test_unit_table_reads_ranges_across_units_without_duplicates(tmp_path):
     a = write_unit(tmp_path / "a", [5, 6, 7], images=[0, 1, 2])
     b = write_unit(tmp_path / "b", [8, 9])
-    table = UnitTable([a, b], [3, 2], [18, 17], np.array([3]), 8, "tokens")
+    table = UnitTable(scan([a, b], tmp_path / "columns.bin"), np.array([3]), 8, "tokens")
     cols = table.read(1, 5)
     assert cols["length"].tolist() == [6, 7, 8, 9] and cols["images"].tolist() == [1, 2, 0, 0]
     assert cols["keep"].tolist() == [True, True, False, True]
@@ -229,8 +229,8 @@ def test_no_budget_uses_every_kept_document_once(tmp_path):
 
 def test_chunks_are_pure_picklable_tasks(tmp_path):
     sources = sources_for(tmp_path, {k: k for k in MIX}, 2000, 4)
-    tables = {s: UnitTable(list(src.paths), *scan(list(src.paths)), np.zeros(0, np.int64), 0,
-                           "tokens") for s, src in sources.items()}
+    tables = {s: UnitTable(scan(list(src.paths), tmp_path / f"{s}.bin"), np.zeros(0, np.int64),
+                           0, "tokens") for s, src in sources.items()}
     shares = {s: v / 100 for s, v in MIX.items()}
     chunks = list(StreamSchedule(shares, tables, budget=300_000, max_epochs=5, seed=2,
                                  span=default_span(shares, tables, 500)))

@@ -21,6 +21,7 @@ import json
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import pairwise
 from pathlib import Path
 from typing import NamedTuple
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..mix import ScheduledChunk, StreamSchedule, WindowDeviation, default_span
 from ..pack import pack_arrays
-from .units import UnitTable, column, find_duplicates, open_unit, record_accounts, scan
+from .units import UnitTable, column, open_unit, record_accounts, scan_sources
 
 PACKING_SLACK = 0.99  # expected packing efficiency when a budget is given in sequences
 PREPARE_MARGIN = 1.02  # prepare a little beyond a source's share so packing never runs short
@@ -97,13 +98,12 @@ class StagePlan:
         """The document references of `count` sequences from `first` (any chunks)."""
         parts, k, stop = [], bisect_right(self.chunk_starts, first) - 1, first + count
         while count and k < len(self.chunk_starts) and self.chunk_starts[k] < stop:
-            with np.load(self.folder / f"chunk-{k:06d}.npz") as data:
-                a = max(first, self.chunk_starts[k]) - self.chunk_starts[k]
-                b = min(stop, self.chunk_starts[k] + len(data["offsets"]) - 1) - \
-                    self.chunk_starts[k]
-                lo, hi = int(data["offsets"][a]), int(data["offsets"][b])
-                parts.append((data["offsets"][a:b + 1] - lo, data["source"][lo:hi],
-                              data["unit"][lo:hi], data["row"][lo:hi]))
+            data = _chunk_file(self.folder / f"chunk-{k:06d}.npz")
+            a = max(first, self.chunk_starts[k]) - self.chunk_starts[k]
+            b = min(stop, self.chunk_starts[k] + len(data["offsets"]) - 1) - self.chunk_starts[k]
+            lo, hi = int(data["offsets"][a]), int(data["offsets"][b])
+            parts.append((data["offsets"][a:b + 1] - lo, data["source"][lo:hi],
+                          data["unit"][lo:hi], data["row"][lo:hi]))
             k += 1
         if not parts:
             return SequenceRefs(first, np.zeros(1, np.int64), np.zeros(0, np.int16),
@@ -122,6 +122,18 @@ class StagePlan:
                        "reason": "duplicate", "message": "exact duplicate of an earlier document"}
                       for u, r in zip(unit.tolist(), record.tolist())]
         return out
+
+
+def _chunk_file(path: Path) -> dict[str, np.ndarray]:
+    """A chunk's arrays; the last two read are kept, as shards read their chunks in order."""
+    stat = path.stat()
+    return _read_chunk(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=2)
+def _read_chunk(path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 def stage_budget(stage, seq_len: int, mean_len: dict[str, float], shares: dict[str, float]):
@@ -174,16 +186,16 @@ def plan_stage(stage, sources: dict[str, SourceInput], *, seq_len: int, seed: in
             break
         if on_chunk is not None:
             on_chunk(len(chunk.source))
-    return reducer.finish()
+    plan = reducer.finish()
+    for done in folder.glob("columns-*.bin"):
+        done.unlink()
+    return plan
 
 
 def _tables(sources: dict[str, SourceInput], names: list[str], weight_by: str,
-            scratch: Path) -> dict[str, UnitTable]:
-    scans = {s: scan(list(sources[s].paths)) for s in names}
-    duplicates = find_duplicates([list(sources[s].paths) if sources[s].dedup else []
-                                  for s in names], [scans[s][0] for s in names], scratch)
-    return {s: UnitTable(list(sources[s].paths), *scans[s], dups, dup_tokens, weight_by)
-            for s, (dups, dup_tokens) in zip(names, duplicates)}
+            folder: Path) -> dict[str, UnitTable]:
+    scanned = scan_sources([(list(sources[s].paths), sources[s].dedup) for s in names], folder)
+    return {s: UnitTable(*found, weight_by) for s, found in zip(names, scanned)}
 
 
 class _Reducer:

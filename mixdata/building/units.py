@@ -1,18 +1,21 @@
-"""The plan's view of prepared units: a few fixed-width columns read by memory map.
+"""The plan's view of prepared units: one pass over them into a compact column file.
 
 A prepared unit (`prepare.py`) is an Arrow IPC file with one row per document. The plan
-touches only `length`, `n_images`, `n_views`, `record` and `dedup` (16 bytes, zeros when
-dedup is off), through a memory map, so the token ids and image bytes of the file are never
-read. A source's documents are numbered in unit order, then row order.
+opens each unit once, through a memory map, and touches only `length`, `n_images`,
+`n_views`, `record` and `dedup` (16 bytes, zeros when dedup is off), so token ids and image
+bytes are never read. `scan` copies the first four into one fixed-width file per source
+(`COLUMNS`, 16 bytes per document) that later steps read by range with plain reads, so
+nothing per document stays in memory. A source's documents are numbered in unit order,
+then row order.
 
 - `UnitTable`: one source as a `mix.DocTable` (ranges of columns), duplicates left out.
-- `find_duplicates`: exact dedup across the stage, first record wins (source order, then
-  unit and row); keys are spilled to disk in hash partitions, so memory stays bounded.
+- `Dedup`: exact dedup across the stage, first record wins (source order, then unit and
+  row); keys are spilled to disk in hash partitions, so memory stays bounded.
 - `record_accounts`: which prepared records were written, and why the others were not.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-PARTITION_DOCS = 1 << 20   # dedup keys held in memory at once (32 bytes each)
-MAX_PARTITIONS = 256
+COLUMNS = np.dtype([("length", "<i4"), ("images", "<i4"), ("views", "<i4"), ("record", "<i4")])
+PARTITION_DOCS = 1 << 18   # dedup keys held in memory at once (40 bytes each)
+PARTITIONS = 256           # hash partitions once they no longer fit
+READ_DOCS = 1 << 18        # documents per read when a step walks a whole source
 _SPILL = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("doc", "<i8"), ("record", "<i8"),
                    ("length", "<i8")])
 
@@ -33,7 +38,8 @@ def open_unit(path: str) -> pa.Table:
 
 
 def column(table: pa.Table, name: str, dtype=np.int64) -> np.ndarray:
-    return np.asarray(table.column(name).to_numpy(), dtype)
+    # one combined chunk converts ~10x faster than ChunkedArray.to_numpy over many batches
+    return np.asarray(table.column(name).combine_chunks().to_numpy(zero_copy_only=False), dtype)
 
 
 def dedup_keys(table: pa.Table) -> np.ndarray:
@@ -47,28 +53,71 @@ def dedup_keys(table: pa.Table) -> np.ndarray:
     return keys.reshape(-1, 2)
 
 
-class UnitTable:
-    """One source's prepared units as a `mix.DocTable`: columns length, images, views and
-    cost (`length`, or 1 per document when weighting by samples); duplicates are not kept."""
+class SourceScan:
+    """One source after `scan`: its column file, documents and tokens per unit."""
 
-    def __init__(self, paths: list[str], sizes: list[int], lengths: list[int],
-                 duplicates: np.ndarray, dup_tokens: int, weight_by: str) -> None:
-        self.paths, self.weight_by = paths, weight_by
+    def __init__(self, path: Path, sizes: list[int], tokens: list[int]) -> None:
+        self.path, self.sizes, self.tokens = path, sizes, tokens
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.size = int(self.offsets[-1])
-        self.duplicates = duplicates
-        self.kept = self.size - len(duplicates)
-        self.kept_tokens = int(sum(lengths)) - dup_tokens
-        self.kept_cost = float(self.kept_tokens if weight_by == "tokens" else self.kept)
-        self._open: OrderedDict[int, pa.Table] = OrderedDict()
 
-    def _table(self, unit: int) -> pa.Table:
-        if unit not in self._open:
-            if len(self._open) >= 16:
-                self._open.popitem(last=False)
-            self._open[unit] = open_unit(self.paths[unit])
-        self._open.move_to_end(unit)
-        return self._open[unit]
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """COLUMNS rows of documents [start, stop)."""
+        return np.fromfile(self.path, COLUMNS, count=stop - start,
+                           offset=start * COLUMNS.itemsize)
+
+    def walk(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first document, rows) over the whole source in reads of whole units, about
+        READ_DOCS documents each (a record never spans units)."""
+        start = 0
+        for end in self.offsets[1:].tolist():
+            if end - start >= READ_DOCS or end == self.offsets[-1]:
+                if end > start:
+                    yield start, self.read(start, end)
+                start = end
+
+
+def scan(paths: list[str], out: Path, dedup: Dedup | None = None) -> SourceScan:
+    """Copy one source's plan columns into `out` (and its dedup keys into `dedup`)."""
+    sizes, tokens = [], []
+    with open(out, "wb") as fh:
+        for path in paths:
+            table = open_unit(path)
+            rows = np.empty(table.num_rows, COLUMNS)
+            for field, name in (("length", "length"), ("images", "n_images"),
+                                ("views", "n_views"), ("record", "record")):
+                rows[field] = column(table, name, np.int32)
+            if dedup is not None:
+                dedup.add(table, rows, len(sizes))
+            rows.tofile(fh)
+            sizes.append(len(rows))
+            tokens.append(int(rows["length"].sum(dtype=np.int64)))
+    return SourceScan(out, sizes, tokens)
+
+
+def scan_sources(sources: list[tuple[list[str], bool]], folder: Path
+                 ) -> list[tuple[SourceScan, np.ndarray, int]]:
+    """One pass over every unit of the stage's sources ((unit paths, dedup on?) in stage
+    order): per source its scan, the sorted indices of its duplicates and their tokens."""
+    dedup = Dedup(folder)
+    scans = []
+    for k, (paths, on) in enumerate(sources):
+        scans.append(scan(paths, folder / f"columns-{k:03d}.bin", dedup if on else None))
+        dedup.next_source(int(scans[-1].offsets[-1]), len(paths), scanned=on)
+    return [(sc, dups, tokens) for sc, (dups, tokens) in zip(scans, dedup.duplicates())]
+
+
+class UnitTable:
+    """One source as a `mix.DocTable`: columns length, images, views and cost (`length`, or 1
+    per document when weighting by samples); duplicates are not kept."""
+
+    def __init__(self, source: SourceScan, duplicates: np.ndarray, dup_tokens: int,
+                 weight_by: str) -> None:
+        self.source, self.weight_by, self.duplicates = source, weight_by, duplicates
+        self.offsets = source.offsets
+        self.size = int(self.offsets[-1])
+        self.kept = self.size - len(duplicates)
+        self.kept_tokens = int(sum(source.tokens)) - dup_tokens
+        self.kept_cost = float(self.kept_tokens if weight_by == "tokens" else self.kept)
 
     def locate(self, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(unit index, row) of document indices."""
@@ -76,120 +125,110 @@ class UnitTable:
         return unit, docs - self.offsets[unit]
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        parts = []
-        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
-        for unit in range(first, len(self.paths)):
-            lo, hi = self.offsets[unit], self.offsets[unit + 1]
-            if lo >= stop:
-                break
-            a, b = max(start, lo) - lo, min(stop, hi) - lo
-            part = self._table(unit).slice(a, b - a)
-            parts.append([column(part, k, np.int32) for k in ("length", "n_images", "n_views")])
-        length, images, views = (np.concatenate(c) for c in zip(*parts))
-        docs = np.arange(start, stop)
-        keep = ~_member(docs, self.duplicates)
-        cost = length if self.weight_by == "tokens" else np.ones(len(length), np.int32)
-        return {"cost": cost, "keep": keep, "length": length, "images": images,
-                "views": views}
+        rows = self.source.read(start, stop)
+        keep = ~member(np.arange(start, stop), self.duplicates)
+        cost = rows["length"] if self.weight_by == "tokens" else np.ones(len(rows), np.int32)
+        return {"cost": cost, "keep": keep, "length": rows["length"],
+                "images": rows["images"], "views": rows["views"]}
 
 
-def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+def member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     if not len(sorted_set):
         return np.zeros(len(values), bool)
     at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
     return sorted_set[at] == values
 
 
-def scan(paths: list[str]) -> tuple[list[int], list[int]]:
-    """(documents, tokens) of each unit."""
-    sizes, lengths = [], []
-    for path in paths:
-        length = column(open_unit(path), "length")
-        sizes.append(len(length))
-        lengths.append(int(length.sum()))
-    return sizes, lengths
+class Dedup:
+    """Exact dedup across the stage's sources, fed unit by unit by `scan` in stage order.
 
-
-def find_duplicates(sources: list[list[str]], sizes: list[list[int]], scratch: Path
-                    ) -> list[tuple[np.ndarray, int]]:
-    """Per source (in order): the sorted indices of its duplicate documents and their tokens.
-
-    `sources[k]` lists the unit paths of source k, or is empty when its dedup is off. A
-    document is a duplicate when an earlier record (source order, then unit, row) has the
-    same key; every document of the first record with a key is kept.
+    A document is a duplicate when an earlier record (source order, then unit, row) has the
+    same key; every document of the first record with a key is kept, so the chunks of one
+    long record are never duplicates of each other. Keys stay in memory up to
+    PARTITION_DOCS of them; beyond, they go to PARTITIONS files in `scratch` by hash, each
+    then deduplicated on its own.
     """
-    bases = np.concatenate([[0], np.cumsum([sum(s) for s in sizes])]).astype(np.int64)
-    total = sum(sum(s) for paths, s in zip(sources, sizes) if paths)
-    parts = int(min(MAX_PARTITIONS, max(1, -(-total // PARTITION_DOCS))))
-    spill = _Spill(scratch, parts)
-    unit_base = 0
-    for k, paths in enumerate(sources):
-        doc_base = int(bases[k])
-        for u, path in enumerate(paths):
-            spill.add(_key_rows(open_unit(path), doc_base, (unit_base + u) << 32))
-            doc_base += sizes[k][u]
-        unit_base += len(sizes[k])
-    found = np.concatenate([_partition_duplicates(rows) for rows in spill.partitions()])
-    found.sort(order="doc")
-    docs, lengths = found["doc"], found["length"]
-    out = []
-    for k in range(len(sources)):
-        lo, hi = np.searchsorted(docs, [bases[k], bases[k + 1]])
-        out.append((docs[lo:hi] - bases[k], int(lengths[lo:hi].sum())))
-    return out
 
+    def __init__(self, scratch: Path) -> None:
+        self.scratch, self.rows, self.buffered, self.spilled = scratch, [], 0, False
+        self.paths = [scratch / f"dedup-{p:03d}.bin" for p in range(PARTITIONS)]
+        self.doc_base = self.unit_base = 0
+        self.bases = [0]
 
-def _key_rows(table: pa.Table, doc_base: int, unit_tag: int) -> np.ndarray:
-    keys = dedup_keys(table)
-    live = np.flatnonzero(keys.any(axis=1))
-    rows = np.empty(len(live), _SPILL)
-    rows["hi"], rows["lo"] = keys[live, 0], keys[live, 1]
-    rows["doc"] = doc_base + live
-    rows["record"] = unit_tag | column(table, "record")[live]
-    rows["length"] = column(table, "length")[live]
-    return rows
+    def add(self, table: pa.Table, rows: np.ndarray, unit: int) -> None:
+        keys = dedup_keys(table)
+        live = np.flatnonzero(keys[:, 0] | keys[:, 1])
+        spill = np.empty(len(live), _SPILL)
+        spill["hi"], spill["lo"] = keys[live, 0], keys[live, 1]
+        spill["doc"] = self.doc_base + live
+        spill["record"] = ((self.unit_base + unit) << 32) | rows["record"][live].astype(np.int64)
+        spill["length"] = rows["length"][live]
+        self.doc_base += len(rows)
+        self.rows.append(spill)
+        self.buffered += len(spill)
+        if self.buffered > PARTITION_DOCS:
+            self._spill()
 
+    def next_source(self, docs: int, units: int, scanned: bool = True) -> None:
+        """Close a source; one whose dedup is off (`scanned=False`) still takes numbers."""
+        self.doc_base += 0 if scanned else docs
+        self.unit_base += units
+        self.bases.append(self.doc_base)
 
-def _partition_duplicates(rows: np.ndarray) -> np.ndarray:
-    """The rows of one partition that repeat the key of an earlier record."""
-    order = np.lexsort((rows["doc"], rows["lo"], rows["hi"]))
-    rows = rows[order]
-    new_key = np.ones(len(rows), bool)
-    new_key[1:] = (rows["hi"][1:] != rows["hi"][:-1]) | (rows["lo"][1:] != rows["lo"][:-1])
-    first = np.maximum.accumulate(np.where(new_key, np.arange(len(rows)), 0))
-    return rows[rows["record"] != rows["record"][first]]
-
-
-class _Spill:
-    """Rows split by key hash into partitions: in memory when there is one, else in files."""
-
-    def __init__(self, scratch: Path, parts: int) -> None:
-        self.parts, self.rows = parts, []
-        self.paths = [scratch / f"dedup-{p:03d}.bin" for p in range(parts)] if parts > 1 else []
-        if self.paths:
-            scratch.mkdir(parents=True, exist_ok=True)
+    def _spill(self) -> None:
+        if not self.spilled:
             for path in self.paths:
                 path.unlink(missing_ok=True)
-
-    def add(self, rows: np.ndarray) -> None:
-        if not self.paths:
-            self.rows.append(rows)
-            return
-        part = ((rows["hi"] >> np.uint64(32)) * np.uint64(self.parts)) >> np.uint64(32)
+            self.spilled = True
+        rows = np.concatenate(self.rows) if self.rows else np.zeros(0, _SPILL)
+        self.rows, self.buffered = [], 0
+        part = ((rows["hi"] >> np.uint64(32)) * np.uint64(PARTITIONS)) >> np.uint64(32)
         order = np.argsort(part, kind="stable")
-        bounds = np.searchsorted(part[order], np.arange(self.parts + 1))
+        bounds = np.searchsorted(part[order], np.arange(PARTITIONS + 1))
         for p, path in enumerate(self.paths):
             if bounds[p + 1] > bounds[p]:
                 with open(path, "ab") as fh:
                     rows[order[bounds[p]:bounds[p + 1]]].tofile(fh)
 
-    def partitions(self) -> Iterator[np.ndarray]:
-        if not self.paths:
+    def _partitions(self) -> Iterator[np.ndarray]:
+        if not self.spilled:
             yield np.concatenate(self.rows) if self.rows else np.zeros(0, _SPILL)
             return
+        self._spill()
         for path in self.paths:
             yield np.fromfile(path, _SPILL) if path.exists() else np.zeros(0, _SPILL)
             path.unlink(missing_ok=True)
+
+    def duplicates(self) -> list[tuple[np.ndarray, int]]:
+        """Per source: sorted indices of its duplicate documents, and their tokens."""
+        found = [_repeats(rows) for rows in self._partitions()]
+        docs = np.concatenate([d for d, _ in found])
+        lengths = np.concatenate([n for _, n in found])
+        order = np.argsort(docs, kind="stable")
+        docs, lengths = docs[order], lengths[order]
+        out = []
+        for lo, hi in itertools.pairwise(self.bases):
+            a, b = np.searchsorted(docs, [lo, hi])
+            out.append((docs[a:b] - lo, int(lengths[a:b].sum())))
+        return out
+
+
+def _repeats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(document, length) of the rows of one partition that repeat the key of an earlier
+    record."""
+    hi, lo = rows["hi"].copy(), rows["lo"].copy()
+    order = np.argsort(hi, kind="stable")  # rows arrive in document order
+    hi, lo = hi[order], lo[order]
+    same = hi[1:] == hi[:-1]
+    if (same & (lo[1:] != lo[:-1])).any():  # a 64-bit prefix collision: sort on both halves
+        order = np.lexsort((rows["doc"], rows["lo"], rows["hi"]))
+        hi, lo = rows["hi"][order], rows["lo"][order]
+        same = hi[1:] == hi[:-1]
+    new_key = np.r_[True, ~(same & (lo[1:] == lo[:-1]))]
+    first = np.maximum.accumulate(np.where(new_key, np.arange(len(hi)), 0))
+    record = rows["record"][order]
+    repeat = order[record != record[first]]
+    return rows["doc"][repeat], rows["length"][repeat]
 
 
 REASONS = ("duplicate", "sequence_budget", "budget")
@@ -206,26 +245,24 @@ def record_accounts(table: UnitTable, written: np.ndarray, cut: np.ndarray
     `budget` (the schedule stopped before reaching it).
     """
     counts = dict.fromkeys(REASONS, 0)
-    written_records, dup_units, dup_records = 0, [], []
-    for unit, path in enumerate(table.paths):
-        lo, hi = int(table.offsets[unit]), int(table.offsets[unit + 1])
-        if lo == hi:
-            continue
-        records = column(open_unit(path), "record")
-        bits = np.unpackbits(written[lo // 8:(hi + 7) // 8], bitorder="little")
-        docs = np.arange(lo, hi)
-        starts = np.flatnonzero(np.r_[True, records[1:] != records[:-1]])
-        was_written = np.logical_or.reduceat(bits[lo % 8:lo % 8 + hi - lo].astype(bool), starts)
-        duplicate = np.logical_and.reduceat(_member(docs, table.duplicates), starts)
-        was_cut = np.logical_or.reduceat(_member(docs, cut), starts)
-        written_records += int(was_written.sum())
+    total, dup_units, dup_records = 0, [], []
+    for start, rows in table.source.walk():
+        docs = np.arange(start, start + len(rows))
+        unit, _ = table.locate(docs)
+        first = np.r_[True, (rows["record"][1:] != rows["record"][:-1]) | (unit[1:] != unit[:-1])]
+        starts = np.flatnonzero(first)
+        bits = np.unpackbits(written[start // 8:(start + len(rows) + 7) // 8], bitorder="little")
+        was_written = np.logical_or.reduceat(bits[:len(rows)].astype(bool), starts)
+        duplicate = np.logical_and.reduceat(member(docs, table.duplicates), starts)
+        was_cut = np.logical_or.reduceat(member(docs, cut), starts)
+        total += int(was_written.sum())
         duplicate &= ~was_written
         was_cut &= ~was_written & ~duplicate
         counts["duplicate"] += int(duplicate.sum())
         counts["sequence_budget"] += int(was_cut.sum())
         counts["budget"] += int((~was_written & ~duplicate & ~was_cut).sum())
-        dup_units.append(np.full(int(duplicate.sum()), unit, np.int64))
-        dup_records.append(records[starts][duplicate])
-    dups = (np.concatenate(dup_units) if dup_units else np.zeros(0, np.int64),
-            np.concatenate(dup_records) if dup_records else np.zeros(0, np.int64))
-    return written_records, counts, dups
+        dup_units.append(unit[starts][duplicate])
+        dup_records.append(rows["record"][starts][duplicate].astype(np.int64))
+    return total, counts, (np.concatenate(dup_units) if dup_units else np.zeros(0, np.int64),
+                           np.concatenate(dup_records) if dup_records else np.zeros(0, np.int64))
+
