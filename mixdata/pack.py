@@ -78,7 +78,8 @@ def best_fit_decreasing(length: np.ndarray, seq_len: int, images: np.ndarray,
     sorted_len = length[order]
     big = int(np.count_nonzero(sorted_len > seq_len // 2))
     room = seq_len - sorted_len[:big]
-    keys = sorted(((room[room > 0] << _SHIFT) | np.flatnonzero(room > 0)).tolist())
+    open_ = room >= (sorted_len[-1] if len(sorted_len) else 1)
+    keys = sorted(((room[open_] << _SHIFT) | np.flatnonzero(open_)).tolist())
     rest = order[big:]
     if caps == (float("inf"), float("inf")):
         placed = _fill(sorted_len[big:].tolist(), keys, big, seq_len)
@@ -93,8 +94,10 @@ def best_fit_decreasing(length: np.ndarray, seq_len: int, images: np.ndarray,
 
 
 def _fill(lengths: list[int], keys: list[int], opened: int, seq_len: int) -> list[int]:
-    """The uncapped best-fit loop: kept lean because it runs once per document."""
+    """The uncapped best-fit loop: kept lean because it runs once per document. Lengths come
+    longest first, so a sequence with less room than the last (shortest) one is closed."""
     mask = (1 << _SHIFT) - 1
+    smallest = lengths[-1] if lengths else 1
     out = []
     for x in lengths:
         k = bisect_left(keys, x << _SHIFT)
@@ -105,7 +108,7 @@ def _fill(lengths: list[int], keys: list[int], opened: int, seq_len: int) -> lis
             b, room = opened, seq_len - x
             opened += 1
         out.append(b)
-        if room:
+        if room >= smallest:
             insort(keys, (room << _SHIFT) | b)
     return out
 

@@ -171,11 +171,12 @@ CONTEXT = json.dumps({"recipe": "bench", "stage": "pretrain", "v": 1})
 def child_new(paths: dict[str, list[str]], scratch: Path) -> dict:
     from mixdata.building.plan import SourceInput, plan_stage, shard_hash
 
+    stage = _stage()
     baseline = _rss_mib()
     start, cpu = time.perf_counter(), time.process_time()
     sources = {s: SourceInput(units=tuple(f"{s}/{i}" for i in range(len(p))), paths=tuple(p),
                               dedup=True) for s, p in paths.items()}
-    plan = plan_stage(_stage(), sources, seq_len=SEQ_LEN, seed=1, folder=scratch)
+    plan = plan_stage(stage, sources, seq_len=SEQ_LEN, seed=1, folder=scratch)
     keys = {s: [os.path.basename(p) for p in paths[s]] for s in paths}
     hashes = [shard_hash(plan.refs(r.start, len(r)), plan.sources, keys, CONTEXT)
               for r in plan.shard_ranges(512)]
@@ -192,12 +193,13 @@ def child_old(paths: dict[str, list[str]], package: Path) -> dict:
     from oldmixdata.building import plan as old  # the plan at --old-ref, from git
     from oldmixdata.mix import window_deviation
 
+    stage = _stage()
     baseline = _rss_mib()
     start, cpu = time.perf_counter(), time.process_time()
     units = {s: [f"{s}/{i}" for i in range(len(p))] for s, p in paths.items()}
     docs = {s: old.load_docs(units[s], paths[s]) for s in paths}
     old.apply_dedup(docs, list(paths))
-    plan = old.plan_stage(_stage(), docs, seq_len=SEQ_LEN, seed=1)
+    plan = old.plan_stage(stage, docs, seq_len=SEQ_LEN, seed=1)
     keys = {s: [os.path.basename(p) for p in paths[s]] for s in paths}
     hashes = [old.shard_hash(plan, group, keys, CONTEXT)
               for group in old.shard_groups(plan, 512)]
@@ -213,6 +215,12 @@ def child_old(paths: dict[str, list[str]], package: Path) -> dict:
 
 
 def _rss_mib() -> float:
+    """Peak RSS of this process so far. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    from the parent across fork and exec, so a child would report the parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

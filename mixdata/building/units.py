@@ -37,9 +37,21 @@ def open_unit(path: str) -> pa.Table:
         return ipc.open_file(source).read_all()
 
 
+_INTEGERS = {pa.int32(): "<i4", pa.int64(): "<i8"}
+
+
 def column(table: pa.Table, name: str, dtype=np.int64) -> np.ndarray:
-    # one combined chunk converts ~10x faster than ChunkedArray.to_numpy over many batches
-    return np.asarray(table.column(name).combine_chunks().to_numpy(zero_copy_only=False), dtype)
+    """An integer column as numpy, read from its buffer: one combined chunk converts ~10x
+    faster than ChunkedArray.to_numpy over prepare's 256-row batches, and pyarrow's own
+    to_numpy imports pandas (half a second)."""
+    array = table.column(name).combine_chunks()
+    if array.null_count or array.type not in _INTEGERS:
+        raise ValueError(f"prepared column {name!r} is {array.type} with {array.null_count} "
+                         "nulls; expected int32 without nulls (rebuild the .prepare cache)")
+    width = np.dtype(_INTEGERS[array.type])
+    data = np.frombuffer(array.buffers()[1], width, count=len(array),
+                         offset=width.itemsize * array.offset)
+    return data.astype(dtype)
 
 
 def dedup_keys(table: pa.Table) -> np.ndarray:
