@@ -49,10 +49,13 @@ def json_roundtrip(state: Any) -> Any:
 def check_resume(make: Callable[[], Any], total: int, stop: int, *,
                  save: Callable[[Any], Any] = lambda obj: obj.state_dict(),
                  restore: Callable[[Any, Any], None] = lambda obj, s: obj.load_state_dict(s),
-                 roundtrip: Callable[[Any], Any] = json_roundtrip) -> list:
+                 roundtrip: Callable[[Any], Any] = json_roundtrip,
+                 make_resumed: Callable[[], Any] | None = None) -> list:
     """Assert that items stop..total-1 after a restore equal the uninterrupted run's.
 
-    Returns the uninterrupted items so callers can check more about them.
+    `make_resumed` builds the object restored into, when it differs from `make`'s (e.g. the
+    same job on another number of ranks). Returns the uninterrupted items so callers can
+    check more about them.
     """
     assert 0 <= stop <= total
     expected = take(make(), total)
@@ -60,7 +63,7 @@ def check_resume(make: Callable[[], Any], total: int, stop: int, *,
     assert_same(take(first, stop), expected[:stop], "before the stop")
     state = roundtrip(save(first))
     del first
-    resumed = make()
+    resumed = (make_resumed or make)()
     restore(resumed, state)
     assert_same(take(resumed, total - stop), expected[stop:], f"after restoring at {stop}")
     return expected
