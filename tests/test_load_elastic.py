@@ -132,3 +132,21 @@ def test_a_default_state_resumes_exactly_on_a_world_size_dividing_it(stage):
                epochs=1)
     one.load_state_dict(state)
     assert_same([_rows(b) for b in one], expected[4:])
+
+
+def test_stateful_dataloader_state_resumes_on_more_ranks(stage):
+    import copy
+
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    class StatefulWorld(World):
+        def __init__(self, stage, world: int) -> None:
+            super().__init__(stage, world, epochs=1)
+            self.loaders = [StatefulDataLoader(ds, batch_size=None, num_workers=2)
+                            for ds in self.datasets]
+
+        def state_dict(self) -> dict:
+            return self.loaders[0].state_dict()  # holds each worker's (rank-free) position
+
+    check_resume(lambda: StatefulWorld(stage, 1), total=10, stop=3,
+                 make_resumed=lambda: StatefulWorld(stage, 2), roundtrip=copy.deepcopy)
