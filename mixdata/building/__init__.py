@@ -100,8 +100,10 @@ def build_stage(recipe, stage_name: str, out: str | Path | None = None, workers:
         t = time.perf_counter()
         sources = {s: SourceInput(units=tuple(units[s]), paths=tuple(st["path"] for st in stats[s]),
                                   dedup=recipe.sources[s].filters.dedup) for s in units}
+        bar = _bar("plan", None, progress, "doc")
         plan = plan_stage(stage, sources, seq_len=recipe.stage_seq_len(stage_name),
-                          seed=recipe.seed, folder=out / ".plan")
+                          seed=recipe.seed, folder=out / ".plan", on_chunk=bar.update)
+        bar.close()
         dedup_rejects = plan.duplicate_rejects(units)
         timings["plan_s"] = time.perf_counter() - t
         t = time.perf_counter()
