@@ -109,7 +109,6 @@ class SourceStream:
         self.name, self.table, self.share, self.seed = name, table, share, seed
         self.buffer: dict[str, np.ndarray] = {}
         self.emitted_cost = 0.0     # cost of every document generated so far
-        self.position = 0           # documents generated so far (the tie-break)
         self.repeat_tag: float | None = None   # tag of the first document of epoch 1
         self.used = 0
         self.used_cost = 0.0
@@ -133,12 +132,10 @@ class SourceStream:
         cost = cols["cost"].astype(np.float64)
         ends = self.emitted_cost + np.cumsum(cost)
         cols["tag"] = (ends - cost / 2) / self.share
-        cols["position"] = self.position + np.arange(len(cost))
         if self.repeat_tag is None and len(cost) and cols["epoch"][0] >= 1:
             self.repeat_tag = float(cols["tag"][0])
         if len(cost):
             self.emitted_cost = float(ends[-1])
-        self.position += len(cost)
         self.buffer = ({k: np.concatenate([self.buffer[k], v]) for k, v in cols.items()}
                        if self.buffer else cols)
 
@@ -215,23 +212,30 @@ class StreamSchedule:
     def epochs(self) -> dict[str, float]:
         return {st.name: st.used / st.table.kept for st in self.streams}
 
-    def _limit(self) -> float:
-        """A virtual time just past where the schedule should stop, so no source generates
-        far beyond it (raised if the schedule turns out to go further)."""
+    def _limit(self) -> tuple[float, float]:
+        """(a virtual time just past where the schedule should stop, the step to raise it by
+        if it goes further), so no source generates much beyond the stop: at most a span,
+        whatever the stage's size."""
         if self.budget is not None:
-            return self.budget * 1.01 + 1
-        return min(st.table.kept_cost / st.share for st in self.streams) * 1.01 + 1
+            base = self.budget
+        else:
+            base = min(st.table.kept_cost / st.share for st in self.streams)
+        step = min(0.01 * base, self.span) + 1
+        return base + step, step
 
     def __iter__(self) -> Iterator[ScheduledChunk]:
-        done, total, limit = False, 0.0, self._limit()
+        done, total = False, 0.0
+        limit, step = self._limit()
         for j in range(1, 2**62):
             horizon = min(j * self.span, limit)
             if horizon == limit:
-                limit *= 2
+                limit += step
             parts = [st.take_before(horizon) for st in self.streams]
             source = np.concatenate([np.full(len(p["tag"]), k) for k, p in enumerate(parts)])
             cols = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-            order = np.lexsort((cols["position"], source, cols["tag"]))
+            # lexsort is stable, so documents of one source with equal tags (cost 0) keep
+            # their stream order: (tag, source, position) without a position column
+            order = np.lexsort((source, cols["tag"]))
             source, cols = source[order], {k: v[order] for k, v in cols.items()}
             stop, done = self._stop(source, cols, total, horizon)
             source, cols = source[:stop], {k: v[:stop] for k, v in cols.items()}
@@ -239,7 +243,7 @@ class StreamSchedule:
             self._count(source, cols["cost"])
             if len(source):
                 yield ScheduledChunk(source, {k: v for k, v in cols.items()
-                                              if k not in ("tag", "position")})
+                                              if k != "tag"})
             if done:
                 return
 

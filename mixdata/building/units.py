@@ -26,7 +26,7 @@ import pyarrow.ipc as ipc
 COLUMNS = np.dtype([("length", "<i4"), ("images", "<i4"), ("views", "<i4"), ("record", "<i4")])
 PARTITION_DOCS = 1 << 18   # dedup keys held in memory at once (40 bytes each)
 PARTITIONS = 256           # hash partitions once they no longer fit
-READ_DOCS = 1 << 18        # documents per read when a step walks a whole source
+READ_DOCS = 1 << 16        # documents per read when a step walks a whole source
 _SPILL = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("doc", "<i8"), ("record", "<i8"),
                    ("length", "<i8")])
 
