@@ -2,13 +2,18 @@
 
 `pack_arrays` packs one chunk of documents (the plan cuts a stage into chunks; see
 `mixdata.building.plan`) in two steps:
-1. **Best-fit decreasing.** Documents, longest first (ties: input order), each go into the open
-   sequence with the least room that still holds them and stays within the image and view
-   caps, else into a new sequence. Open sequences are one sorted list of integer keys
-   `room << 32 | sequence`, so a lookup is one `bisect` (no per-document objects). A
-   document longer than seq_len / 2 can share with nothing larger, so those open their own
-   sequences at once. Over a chunk of many documents the short ones left at the end fill the
-   tightest gaps, which is what brings packing near 100% (see BENCHMARKS.md, "Scale").
+1. **Exact completion.** A document longer than seq_len / 2 can share with nothing as long,
+   so each opens its own sequence. Every other document waits in a pool indexed by length,
+   whose lengths are bits of a Python integer, so "the largest length <= y" and "two lengths
+   that sum to g" are a few big-integer operations. Sequences are completed one at a time,
+   the fullest first, then new ones: each step adds one or two documents that fill the room
+   exactly when the pool has them; otherwise the largest that still leaves room for two of
+   the shortest, so a later step can fill exactly; else the largest that fits. A sequence is
+   left only when nothing in the pool fits it, so no two sequences could be merged. Exact
+   fills are what bring packing near 100% (BENCHMARKS.md, "Scale"). With image or view caps,
+   documents go instead longest first into the sequence with the least room that admits
+   them within the caps (best-fit decreasing over a sorted list of integer keys
+   `room << 32 | sequence`).
 2. **Balanced emission.** Best-fit scatters the input order, so the sequences are then
    emitted in an order that keeps each group (each source) on its share: each sequence joins
    the bucket of the group it holds most of (relative to that group's share), buckets are
@@ -71,45 +76,99 @@ def _check_arrays(length: np.ndarray, images: np.ndarray, views: np.ndarray, seq
                          f"the caps {caps[0]} / {caps[1]}")
 
 
-def best_fit_decreasing(length: np.ndarray, seq_len: int, images: np.ndarray,
-                        views: np.ndarray, caps: tuple[float, float]) -> tuple[np.ndarray, int]:
+def assign(length: np.ndarray, seq_len: int, images: np.ndarray, views: np.ndarray,
+           caps: tuple[float, float]) -> tuple[np.ndarray, int]:
     """(sequence id of each item, number of sequences); see step 1 of the module docstring."""
     order = np.argsort(-length, kind="stable")
     sorted_len = length[order]
     big = int(np.count_nonzero(sorted_len > seq_len // 2))
     room = seq_len - sorted_len[:big]
-    open_ = room >= (sorted_len[-1] if len(sorted_len) else 1)
-    keys = sorted(((room[open_] << _SHIFT) | np.flatnonzero(open_)).tolist())
-    rest = order[big:]
-    if caps == (float("inf"), float("inf")):
-        placed = _fill(sorted_len[big:].tolist(), keys, big, seq_len)
-    else:
-        placed = _fill_capped(sorted_len[big:].tolist(), images[rest].tolist(),
-                              views[rest].tolist(), images[order[:big]].tolist(),
-                              views[order[:big]].tolist(), keys, seq_len, caps)
     bins = np.empty(len(length), np.int64)
     bins[order[:big]] = np.arange(big)
-    bins[rest] = placed
+    rest = order[big:]
+    if caps == (float("inf"), float("inf")):
+        rooms = sorted(zip(room[room > 0].tolist(), np.flatnonzero(room > 0).tolist()))
+        bins[rest] = _complete(rooms, sorted_len[big:].tolist(), big, seq_len)
+    else:
+        open_ = room > 0
+        keys = sorted(((room[open_] << _SHIFT) | np.flatnonzero(open_)).tolist())
+        bins[rest] = _fill_capped(sorted_len[big:].tolist(), images[rest].tolist(),
+                                  views[rest].tolist(), images[order[:big]].tolist(),
+                                  views[order[:big]].tolist(), keys, seq_len, caps)
     return bins, (int(bins.max()) + 1 if len(bins) else 0)
 
 
-def _fill(lengths: list[int], keys: list[int], opened: int, seq_len: int) -> list[int]:
-    """The uncapped best-fit loop: kept lean because it runs once per document. Lengths come
-    longest first, so a sequence with less room than the last (shortest) one is closed."""
-    mask = (1 << _SHIFT) - 1
-    smallest = lengths[-1] if lengths else 1
-    out = []
-    for x in lengths:
-        k = bisect_left(keys, x << _SHIFT)
-        if k < len(keys):
-            key = keys.pop(k)
-            b, room = key & mask, (key >> _SHIFT) - x
-        else:
-            b, room = opened, seq_len - x
-            opened += 1
-        out.append(b)
-        if room >= smallest:
-            insort(keys, (room << _SHIFT) | b)
+class _Pool:
+    """Short items by length, with the lengths present as bits of Python ints (`present`,
+    and `mirror` with bit seq_len - x), so the largest length <= y, and whether two
+    lengths sum to g, are a few big-integer operations (no per-item search)."""
+
+    def __init__(self, lengths: list[int], seq_len: int) -> None:
+        self.seq_len, self.left = seq_len, len(lengths)
+        self.slots: list[list[int]] = [[] for _ in range(seq_len + 1)]
+        for position in reversed(range(len(lengths))):   # pop() gives the first index
+            self.slots[lengths[position]].append(position)
+        self.present = self.mirror = 0
+        for x, slot in enumerate(self.slots):
+            if slot:
+                self.present |= 1 << x
+                self.mirror |= 1 << (seq_len - x)
+
+    def take(self, x: int) -> int:
+        slot = self.slots[x]
+        position = slot.pop()
+        self.left -= 1
+        if not slot:
+            self.present ^= 1 << x
+            self.mirror ^= 1 << (self.seq_len - x)
+        return position
+
+    def fill(self, room: int) -> list[int]:
+        """Positions of items to add to a sequence with `room` tokens left: one or two that
+        fill it exactly when there are; otherwise the largest that still leaves room for two
+        of the shortest, so a later step can; else the largest that fits."""
+        taken = []
+        while room and self.left:
+            largest = self.present.bit_length() - 1
+            if room <= largest and self.slots[room]:
+                taken.append(self.take(room))
+                return taken
+            if room <= 2 * largest:
+                pairs = self.present & (self.mirror >> (self.seq_len - room))
+                pairs &= (2 << (room // 2)) - 1   # x <= room - x
+                while pairs:
+                    x = pairs.bit_length() - 1
+                    if 2 * x != room or len(self.slots[x]) >= 2:
+                        taken += [self.take(x), self.take(room - x)]
+                        return taken
+                    pairs ^= 1 << x
+            shortest = (self.present & -self.present).bit_length() - 1
+            spare = room - 2 * shortest
+            fits = self.present & ((2 << spare) - 1) if spare >= shortest else 0
+            fits = fits or self.present & ((2 << room) - 1)
+            if not fits:
+                return taken
+            x = fits.bit_length() - 1
+            taken.append(self.take(x))
+            room -= x
+        return taken
+
+
+def _complete(rooms: list[tuple[int, int]], lengths: list[int], opened: int,
+              seq_len: int) -> list[int]:
+    """Sequence ids of short items (`lengths`, longest first): they fill the open sequences'
+    `rooms` [(room, id)] in order, then new sequences from `opened` on."""
+    pool = _Pool(lengths, seq_len)
+    out = [0] * len(lengths)
+    for room, b in rooms:
+        if not pool.left:
+            break
+        for position in pool.fill(room):
+            out[position] = b
+    while pool.left:
+        for position in pool.fill(seq_len):
+            out[position] = opened
+        opened += 1
     return out
 
 
@@ -213,7 +272,7 @@ def pack_arrays(length, seq_len: int, *, images=None, views=None, group=None,
     _check_arrays(length, images, views, seq_len, caps)
     if not n:
         return Packed(np.zeros(0, np.int64), np.zeros(1, np.int64))
-    bins, count = best_fit_decreasing(length, seq_len, images, views, caps)
+    bins, count = assign(length, seq_len, images, views, caps)
     groups = int(group.max()) + 1
     tokens = np.bincount(bins * groups + group, weights=length,
                          minlength=count * groups).reshape(count, groups)
