@@ -277,9 +277,9 @@ def fit(xs, ys) -> tuple[float, float]:
 
 
 def report(rows: list[dict]) -> str:
-    lines = ["| documents | plan | time | µs / document | peak RSS | RSS / previous size "
-             "| efficiency | window dev. (pp) | old time / new time |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| documents | plan | time | µs / document | CPU µs / document | peak RSS "
+             "| RSS / previous size | efficiency | window dev. (pp) | old time / new time |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     previous = {}
     for row in rows:
         for kind in ("old", "new"):
@@ -287,7 +287,7 @@ def report(rows: list[dict]) -> str:
             if kind not in row:
                 continue
             if result is None:
-                lines.append(f"| {row['docs']:,} | {kind} | timed out | | | | | | |")
+                lines.append(f"| {row['docs']:,} | {kind} | timed out | | | | | | | |")
                 continue
             growth = (f"{result['rss_mib'] / previous[kind]:.2f}x" if kind in previous else "")
             previous[kind] = result["rss_mib"]
@@ -295,7 +295,8 @@ def report(rows: list[dict]) -> str:
                      if kind == "new" and row.get("old") else "")
             lines.append(
                 f"| {row['docs']:,} | {kind} | {result['seconds']:.1f} s | "
-                f"{1e6 * result['seconds'] / row['docs']:.2f} | {result['rss_mib']:.0f} MiB | "
+                f"{1e6 * result['seconds'] / row['docs']:.2f} | "
+                f"{1e6 * result['cpu_seconds'] / row['docs']:.2f} | {result['rss_mib']:.0f} MiB | "
                 f"{growth} | {100 * result['efficiency']:.2f}% | "
                 f"{100 * result['window_deviation']:.3f} | {ratio} |")
     return "\n".join(lines)
@@ -306,12 +307,12 @@ def projection(rows: list[dict]) -> str:
     if len(done) < 2:
         return ""
     docs = [r["docs"] for r in done]
-    t0, dt = fit(docs, [r["new"]["seconds"] for r in done])
+    t0, dt = fit(docs, [r["new"]["cpu_seconds"] for r in done])
     m0, dm = fit(docs, [r["new"]["rss_mib"] for r in done])
     lines = [f"Linear fit of the new plan over {', '.join(f'{d:,}' for d in docs)} documents: "
-             f"{t0:.1f} s + {1e6 * dt:.2f} µs per document; peak RSS {m0:.0f} MiB + "
+             f"{t0:.1f} CPU s + {1e6 * dt:.2f} CPU µs per document; peak RSS {m0:.0f} MiB + "
              f"{dm * 2**20:.1f} bytes per document.", "",
-             "| documents | projected time | µs / document | projected peak RSS |",
+             "| documents | projected CPU time | µs / document | projected peak RSS |",
              "| ---: | ---: | ---: | ---: |"]
     for n in (10**8, 10**9):
         seconds, rss = t0 + dt * n, m0 + dm * n
