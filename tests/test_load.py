@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from resume_check import assert_same, check_resume, take
+from shard_fixtures import IMAGE, PAD, SEQ_LEN, TILE, TOKENS_PER_TILE, write_stage
 
 from mixdata import load
 from mixdata.errors import MixdataError
 from mixdata.shards import iter_shard
-from resume_check import assert_same, check_resume, take
-from shard_fixtures import IMAGE, PAD, SEQ_LEN, TILE, TOKENS_PER_TILE, write_stage
 
 SIZES = [9, 7, 8]
 
