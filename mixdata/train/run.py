@@ -57,7 +57,8 @@ def train_recipe(recipe, *, stage: str = "all", out: str | Path | None = None,
 def _check_fresh(run_dir: Path, names: list[str], resume: bool) -> None:
     if resume:
         return
-    taken = [n for n in names if (run_dir / n / CHECKPOINT).exists() or (run_dir / n / FINAL).exists()]
+    taken = [n for n in names
+             if (run_dir / n / CHECKPOINT).exists() or (run_dir / n / FINAL).exists()]
     if taken:
         raise MixdataError(f"{run_dir} already holds stage {taken[0]!r}; pass --resume to "
                            "continue it, or --out to start a new run")
@@ -102,7 +103,8 @@ def _run_stage(recipe, config: TrainConfig, model: ModelConfig, name: str, run_d
     manifest = read_stage_manifest(shard_dir, recipe, name, tokenizer)
     policy = recipe.stages[name].image
     spec = config.stage(name)
-    seed = (config.seed if config.seed is not None else recipe.seed) + 1000 * list(recipe.stages).index(name)
+    base_seed = config.seed if config.seed is not None else recipe.seed
+    seed = base_seed + 1000 * list(recipe.stages).index(name)
     plan = plan_steps(spec, default_micro_batch=config.micro_batch, seq_len=manifest.seq_len,
                       world_size=ctx.world_size, available_sequences=manifest.samples)
     init_from = previous_final(recipe, run_dir, name)
@@ -110,11 +112,12 @@ def _run_stage(recipe, config: TrainConfig, model: ModelConfig, name: str, run_d
         origin = init_from or "a fresh initialisation"
         print(f"stage {name}: {plan.steps} steps x {plan.sequences_per_step} sequences "
               f"({plan.accumulation} accumulation), starting from {origin}")
-    state = start_stage(model, spec, plan, seed=seed, ctx=ctx, init_from=init_from)
+    state = start_stage(model, spec, plan, seed=seed, ctx=ctx, init_from=init_from,
+                        parallel=config.parallel)
     data = open_data(shard_dir, plan, ctx, seed=seed)
     run = StageRun(name=name, spec=spec, plan=plan, folder=folder,
                    checkpoint_every=config.checkpoint_every, pixel_mean=policy.mean,
-                   pixel_std=policy.std)
+                   pixel_std=policy.std, parallel=config.parallel)
     log = MetricsLog(run_dir / METRICS if ctx.is_main else None)
     train_stage(state.model, state.wrapped, state.optimizer, state.scheduler, data, run,
                 ctx=ctx, log=log, resume=resume, progress=progress)
