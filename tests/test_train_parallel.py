@@ -6,9 +6,12 @@ checkpointing recomputes without changing a bit; bf16 is really on; the block po
 Everything here runs on CPU with gloo: FSDP2's `fully_shard` works there in torch 2.13 (CPU
 DeviceMesh, gloo all-gather / reduce-scatter). Nothing here says anything about NCCL speed.
 """
+import json
 import os
 import queue
 import socket
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -110,6 +113,8 @@ def watch(record: dict):
 
 def _scenarios(ctx, tmp, mine) -> dict:
     out = {"ddp": run_stage(f"{tmp}/ddp", mine, ctx, ParallelSpec())[0],
+           "ddp_ac": run_stage(f"{tmp}/ddp_ac", mine, ctx,
+                               ParallelSpec(activation_checkpointing=True))[0],
            "fsdp": run_stage(f"{tmp}/fsdp", mine, ctx, FSDP)[0]}
     out["fsdp_resumed"] = (run_stage(f"{tmp}/cut", mine, ctx, FSDP, stop_after=3)[0]
                            + run_stage(f"{tmp}/cut", mine, ctx, FSDP, resume=True)[0])
@@ -191,6 +196,7 @@ def test_two_ranks_give_the_losses_of_one_process_under_ddp_and_fsdp(two_ranks, 
     np.testing.assert_allclose(got[0]["ddp"], single, rtol=FP32_RTOL)
     np.testing.assert_allclose(got[0]["fsdp"], single, rtol=FP32_RTOL)
     assert single[-1] < single[0]
+    assert got[0]["ddp_ac"] == got[0]["ddp"]   # checkpointed blocks under DDP: bit for bit
 
 
 def test_fsdp_resumes_exactly_and_reads_a_ddp_checkpoint(two_ranks):
@@ -310,3 +316,34 @@ def test_parallel_section_parses_strictly():
         with pytest.raises(RecipeError) as info:
             parse_train(recipe_with({"parallel": section}))
         assert info.value.key == key and expected in info.value.expected, info.value
+
+
+@pytest.mark.slow  # ~50 s on 2 cores: three builds, three stages on 2 ranks, four evals
+def test_mixdata_train_under_torchrun_with_fsdp(tmp_path):
+    """The CLI as a user runs it: torchrun, 2 gloo ranks on 127.0.0.1, FSDP2 + checkpointing;
+    every stage hands whole weights to the next and is evaluated."""
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).parent.parent / "recipes" / "demo.yaml").read_text())
+    for stage in raw["stages"].values():
+        stage["budget"] = {"tokens": 4000}
+    quick = {"budget": {"steps": 2}, "warmup": 1, "eval": {"max_examples": 3}}
+    raw["train"] = {"model": "tiny", "micro_batch": 2, "checkpoint_every": 1,
+                    "parallel": {"strategy": "fsdp", "activation_checkpointing": True},
+                    "stages": {name: dict(quick) for name in raw["stages"]}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+                "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(_free_port()), "-m", "mixdata.cli", "train", "tiny.yaml",
+                "--out", "run", "--device", "cpu", "--quiet", "--workers", "1"]
+    env = {**os.environ, "MIXDATA_DEMO_SCALE": "0.02", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(torchrun, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "starting from run/highres/final.pt" in done.stdout
+    run = tmp_path / "run"
+    assert list(json.loads((run / "eval.json").read_text())) == ["pretrain", "highres", "sft"]
+    saved = load_file(run / "sft" / CHECKPOINT)
+    assert saved["step"] == 2 and len(saved["loader"]) == 2
+    weights = load_file(run / "sft" / "final.pt")["model"]
+    assert "lm.blocks.0.attn.q.weight" in weights and not any("_checkpoint" in k for k in weights)
