@@ -22,7 +22,7 @@ from ..errors import MixdataError
 from ..loading import normalize_pixels
 from .checkpoint import CHECKPOINT, restore_checkpoint, save_checkpoint, training_state
 from .config import ParallelSpec, StageTrain, StepPlan
-from .ddp import Dist, all_sum, gather_objects
+from .ddp import Dist, all_sum, barrier, gather_objects
 from .metrics import (
     MetricsLog,
     doc_lengths_squared,
@@ -182,3 +182,4 @@ def _checkpoint(model, optimizer, scheduler, data, run: StageRun, ctx: Dist, ste
         save_checkpoint(run.folder / CHECKPOINT, training=training,
                         scheduler=scheduler, step=step, loader_state=loaders,
                         extra={"stage": run.name, "steps": run.plan.steps})
+    barrier(ctx)  # no rank runs on (or resumes) before the checkpoint is on disk
