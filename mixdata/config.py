@@ -62,7 +62,7 @@ class _Parser:
         self.file = file
 
     def fail(self, key: str, found: Any, expected: str) -> RecipeError:
-        return RecipeError("", key, found, expected, file=self.file)
+        return RecipeError(key, found, expected, file=self.file)
 
     def value(self, tp: Any, data: Any, key: str) -> Any:
         origin = get_origin(tp)
@@ -144,7 +144,8 @@ class _Parser:
         if get_origin(tp) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             if len(data) != len(args):
                 raise self.fail(key, data, f"a list of {len(args)} items")
-            return tuple(self.value(a, v, _join(key, i)) for i, (a, v) in enumerate(zip(args, data)))
+            return tuple(self.value(a, v, _join(key, i))
+                         for i, (a, v) in enumerate(zip(args, data)))
         items = [self.value(args[0], v, _join(key, i)) for i, v in enumerate(data)]
         return tuple(items) if get_origin(tp) is tuple else items
 
@@ -179,12 +180,7 @@ class _Parser:
         try:
             return cls(**values)
         except Invalid as err:
-            raise self.fail(_join(key, err.key) if err.key else key, err.found, err.expected) from None
+            where = _join(key, err.key) if err.key else key
+            raise self.fail(where, err.found, err.expected) from None
         except (ValueError, TypeError) as err:
             raise self.fail(key, data, str(err)) from None
-
-
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-

@@ -61,13 +61,15 @@ def compact(text: str) -> str:
 
 def clip(text: str, width: int) -> str:
     """`text` cut to `width` characters with a note of what was cut (0: never cut)."""
-    return text if not width or len(text) <= width else text[:width] + f"... (+{len(text) - width} chars)"
+    if not width or len(text) <= width:
+        return text
+    return text[:width] + f"... (+{len(text) - width} chars)"
 
 
 def spans(mask) -> list[tuple[int, int]]:
     """Maximal [start, end) runs where mask is true."""
     out, start = [], None
-    for i, flag in enumerate(list(mask) + [0]):
+    for i, flag in enumerate([*list(mask), 0]):
         if flag and start is None:
             start = i
         elif not flag and start is not None:
@@ -173,9 +175,9 @@ def _grid_positions(item: ImageViews) -> tuple[list[tuple[int, int]], int, int]:
         return tiles, plan.cols * step_x - VIEW_GAP, plan.rows * step_y - VIEW_GAP
     if plan.global_view == "before":
         tiles = [(x + step_x + GAP, y) for x, y in tiles]
-        positions = [(0, VIEW_LABEL)] + tiles
+        positions = [(0, VIEW_LABEL), *tiles]
     else:
-        positions = tiles + [(plan.cols * step_x + GAP, VIEW_LABEL)]
+        positions = [*tiles, (plan.cols * step_x + GAP, VIEW_LABEL)]
     return positions, (plan.cols + 1) * step_x + GAP - VIEW_GAP, plan.rows * step_y - VIEW_GAP
 
 
@@ -213,7 +215,8 @@ def _doc_lines(seq, tokenizer, text_width: int, columns: int) -> list[tuple[int,
         text = clip(doc_text(seq, tokenizer, int(start), int(end)), text_width)
         wrapped = textwrap.wrap(text.replace("\n", "\\n"), columns) or [""]
         if len(wrapped) > MAX_TEXT_LINES:
-            wrapped = wrapped[:MAX_TEXT_LINES - 1] + [wrapped[MAX_TEXT_LINES - 1][:columns - 4] + " ..."]
+            last = wrapped[MAX_TEXT_LINES - 1][:columns - 4] + " ..."
+            wrapped = [*wrapped[:MAX_TEXT_LINES - 1], last]
         lines += [(d, "    " + w) for w in wrapped]
         loss = spans(seq.loss[start:end])
         for a, b in loss[:MAX_LOSS_SPANS]:
@@ -320,7 +323,7 @@ def _png_data_uri(pixels: np.ndarray) -> str:
 
 def sequence_html(seq, tokenizer, seq_len: int, *, title: str = "") -> str:
     """The same content as one HTML page: hover a token cell to see the token it holds."""
-    hexes = lambda c: "#%02x%02x%02x" % c  # noqa: E731
+    hexes = lambda c: "#{:02x}{:02x}{:02x}".format(*c)  # noqa: E731
     starts = {int(s) for s in seq.docs[:-1]}
     cells = []
     for t, (kind, index) in enumerate(token_kinds(seq, tokenizer.image_id, seq_len)):

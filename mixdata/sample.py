@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 Kind = Literal["interleaved", "caption", "ocr", "text", "sft"]
 Role = Literal["system", "user", "assistant"]
@@ -35,7 +35,7 @@ class ImagePart:
             raise ValueError("ImagePart needs exactly one of data or ref")
 
 
-Part = Union[TextPart, ImagePart]
+Part = TextPart | ImagePart
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,16 +9,15 @@ per image in order of appearance. `KEY.json` (sorted keys, compact) is
 Every header field that could vary between machines or runs is fixed (mtime 0, uid/gid 0, no
 user names, mode 0o644, PAX format), and `.npy` files are written with `np.save`, so the same
 sequences always give the same bytes. Nothing is pickled: readers use `allow_pickle=False`.
+The stage's manifest is `mixdata.manifest`.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
 import json
 import math
-import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -28,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MixdataError
+from .storage import atomic_file
 
-MANIFEST_NAME = "manifest.json"
 ARRAY_MEMBERS = (("tokens", np.int32), ("loss", np.uint8), ("docs", np.int32))
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+$")  # WebDataset splits the key at the first dot
 _EXT = re.compile(r"^[a-z0-9]+$")
@@ -141,28 +140,6 @@ def write_shard(path: str | Path, sequences: Iterable[PackedSequence]) -> ShardI
                      bytes=writer.size, sha256=writer.sha256.hexdigest())
 
 
-@contextlib.contextmanager
-def atomic_file(path: Path, mode: str):
-    """Open `path.tmp-<pid>` for writing; on success fsync it, rename it to `path` and flush
-    the directory entry; on failure remove it, so `path` is either complete or absent."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # the rename is durable only once the directory is flushed
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _split_name(name: str) -> tuple[str, str]:
     """`dir/KEY.tokens.npy` -> (`dir/KEY`, `tokens.npy`): WebDataset's key rule."""
     head, _, base = name.rpartition("/")
@@ -268,43 +245,6 @@ def _decoded(key: str, members: dict, strict: bool, shard: str) -> PackedSequenc
         if strict:
             raise err from None
         return err
-
-
-def write_manifest(folder: str | Path, manifest: dict) -> Path:
-    """Write `folder/manifest.json` atomically (sorted keys); call it after every shard."""
-    path = Path(folder) / MANIFEST_NAME
-    with atomic_file(path, "w") as fh:
-        json.dump(manifest, fh, indent=1, sort_keys=True)
-        fh.write("\n")
-    return path
-
-
-def locate_manifest(path_or_url: str | Path) -> tuple[str, str]:
-    """(shard folder, manifest URL) for a shard folder, a manifest path or an fsspec URL."""
-    text = str(path_or_url).rstrip("/")
-    if text.endswith(".json"):
-        folder = text.rpartition("/")[0] or "."
-        return folder, text
-    return text, f"{text}/{MANIFEST_NAME}"
-
-
-def read_manifest(path_or_url: str | Path) -> dict:
-    """The manifest of a built stage; MixdataError when it is missing or unreadable."""
-    from .storage import read_bytes
-
-    _, url = locate_manifest(path_or_url)
-    try:
-        payload = read_bytes(url)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise MixdataError(f"no manifest at {url}: build the stage first "
-                           "(mixdata build RECIPE) or point at its shard folder") from None
-    try:
-        manifest = json.loads(payload)
-    except ValueError as err:
-        raise MixdataError(f"{url} is not valid JSON ({err}); rebuild the stage") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise MixdataError(f"{url} is not a mixdata manifest (no 'shards' list)")
-    return manifest
 
 
 def hf_features(example: PackedSequence, max_images: int):

@@ -1,4 +1,5 @@
-"""A tiny multi-format corpus and recipe for build, loader and CLI tests (generated, real formats)."""
+"""A tiny multi-format corpus and recipe for build, loader and CLI tests (generated, real
+formats)."""
 from __future__ import annotations
 
 import io
@@ -9,8 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-WORDS = ("red green blue circle square left right top small page word text scene shape "
-         "the a on of in near big").split()
+WORDS = [
+    "red", "green", "blue", "circle", "square", "left", "right", "top", "small", "page", "word",
+    "text", "scene", "shape", "the", "a", "on", "of", "in", "near", "big"
+]
 
 
 def _jpeg(rng, size=(32, 32)) -> bytes:

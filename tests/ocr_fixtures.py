@@ -6,23 +6,39 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
+from dataclasses import dataclass, field
 
 import pymupdf
-
-from mixdata.errors import Reject
-from mixdata.sources import SourceStats, open_source
 from source_fixtures import image_bytes
 
+from mixdata.errors import Reject
+from mixdata.sources import open_source
 
-def read_counted(source_spec) -> tuple[list, SourceStats]:
-    """Every item of every unit, and the SourceStats they add up to (retries included)."""
-    source, stats, items = open_source(source_spec), SourceStats(), []
+
+@dataclass
+class ReadCounts:
+    """What one pass over a source gave: items read, samples yielded, rejects by reason."""
+
+    read: int = 0
+    yielded: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    retries: int = 0
+
+
+def read_counted(source_spec) -> tuple[list, ReadCounts]:
+    """Every item of every unit, and what they add up to (retries included)."""
+    source, counts, items = open_source(source_spec), ReadCounts(), []
     for unit in source.units():
         for item in source.read(unit):
-            stats.count(item)
+            counts.read += 1
+            if isinstance(item, Reject):
+                counts.rejected[item.reason] += 1
+            else:
+                counts.yielded += 1
             items.append(item)
-    stats.retries = source.retries
-    return items, stats
+    counts.retries = source.retries
+    return items, counts
 
 
 def reasons(items) -> list[str]:

@@ -7,7 +7,7 @@ goes through `roundtrip` (JSON by default, as a checkpoint would store it) befor
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -46,21 +46,39 @@ def json_roundtrip(state: Any) -> Any:
     return json.loads(json.dumps(state))
 
 
-def check_resume(make: Callable[[], Any], total: int, stop: int, *,
-                 save: Callable[[Any], Any] = lambda obj: obj.state_dict(),
+def check_resume(make: Callable[[], Any], total: int, stop: int | Iterable[int] | None = None,
+                 *, save: Callable[[Any], Any] = lambda obj: obj.state_dict(),
                  restore: Callable[[Any, Any], None] = lambda obj, s: obj.load_state_dict(s),
-                 roundtrip: Callable[[Any], Any] = json_roundtrip) -> list:
-    """Assert that items stop..total-1 after a restore equal the uninterrupted run's.
+                 roundtrip: Callable[[Any], Any] = json_roundtrip,
+                 make_resumed: Callable[[], Any] | None = None) -> list:
+    """Assert that, for every stop k (default: each of 0..total), a fresh object restored
+    from the state taken after k items continues with exactly items k..total-1 of the
+    uninterrupted run.
 
-    Returns the uninterrupted items so callers can check more about them.
+    `make_resumed` builds the object restored into, when it differs from `make`'s (e.g. the
+    same job on another number of ranks). The states come from one run that is saved after
+    every item; returns its items so callers can check more about them.
     """
-    assert 0 <= stop <= total
+    stops = range(total + 1) if stop is None else [stop] if isinstance(stop, int) else list(stop)
+    assert all(0 <= k <= total for k in stops)
     expected = take(make(), total)
-    first = make()
-    assert_same(take(first, stop), expected[:stop], "before the stop")
-    state = roundtrip(save(first))
-    del first
-    resumed = make()
-    restore(resumed, state)
-    assert_same(take(resumed, total - stop), expected[stop:], f"after restoring at {stop}")
+    states = _states_along(make(), total, set(stops), save, roundtrip, expected)
+    for k in stops:
+        resumed = (make_resumed or make)()
+        restore(resumed, states[k])
+        assert_same(take(resumed, total - k), expected[k:], f"after restoring at {k}")
+        del resumed
     return expected
+
+
+def _states_along(obj, total: int, stops: set[int], save, roundtrip, expected) -> dict:
+    """One pass over `obj`, checked against `expected`, saving the state after each item
+    whose count is in `stops`."""
+    states = {0: roundtrip(save(obj))} if 0 in stops else {}
+    iterator = iter(obj)
+    for k in range(1, max(stops, default=0) + 1):
+        assert_same(next(iterator), expected[k - 1], f"item {k - 1} before any stop")
+        if k in stops:
+            states[k] = roundtrip(save(obj))
+    del iterator
+    return states

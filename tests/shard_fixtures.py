@@ -7,14 +7,23 @@ of `mixdata.image.special_tokens()`). Each image goes through the real image ste
 from __future__ import annotations
 
 import io
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from mixdata.image import ImagePolicy, layout, process, special_tokens
-from mixdata.shards import PackedSequence, write_manifest, write_shard
+from mixdata.image import ImagePolicy, layout, process, special_tokens, view_limits
+from mixdata.manifest import (
+    Geometry,
+    Manifest,
+    MixtureInfo,
+    PackingInfo,
+    RecipeInfo,
+    ShardEntry,
+    write_manifest,
+)
+from mixdata.shards import PackedSequence, write_shard
+from mixdata.tokens.dialect import Dialect, stage_geometry
 
 SEQ_LEN = 128
 TOKENS_PER_TILE = 4
@@ -78,22 +87,39 @@ def fixture_sequence(rng: np.random.Generator, key: str, image_rate: float = 0.6
                           images=images, meta={"docs": doc_meta, "images": image_meta})
 
 
-def fixture_manifest(shard_infos: list, seed: int) -> dict:
-    return {
-        "format": "mixdata-shards-v1", "seed": seed, "seq_len": SEQ_LEN,
-        "image_tokens_per_tile": TOKENS_PER_TILE,
-        "tokenizer": {"identity": "fixture", "sha256": "0" * 64, "vocab_size": 261,
-                      "special_ids": dict(SPECIAL_IDS)},
-        "image_policy": {k: list(v) if isinstance(v, tuple) else v
-                         for k, v in asdict(POLICY).items()},
-        "shards": [{"name": i.name, "samples": i.samples, "tokens": i.tokens,
-                    "images": i.images, "bytes": i.bytes, "sha256": i.sha256}
-                   for i in shard_infos],
-    }
+def fixture_manifest(shard_infos: list, seed: int, *, seq_len: int = SEQ_LEN,
+                     tokens_per_tile: int = TOKENS_PER_TILE, policy: ImagePolicy = POLICY,
+                     dialect: Dialect | None = None) -> Manifest:
+    """A real Manifest for fixture shards, as a build of this geometry would write it
+    (by default the fixture tokens; pass a tokenizer's `mixdata_dialect` for a real one)."""
+    limits = view_limits(policy)
+    tokens = sum(i.tokens for i in shard_infos)
+    sequences = sum(i.samples for i in shard_infos)
+    if dialect is None:
+        dialect = Dialect(family="mixdata", tokenizer="fixture", tokenizer_sha256="0" * 64,
+                          chat_template_sha256=None, vocab_size=256 + len(SPECIAL_IDS),
+                          special_ids={"pad": PAD, "image": IMAGE},
+                          special_tokens={"pad": "<pad>", "image": "<image>"},
+                          tokens_per_tile=tokens_per_tile, placeholders="views",
+                          geometry=stage_geometry(policy))
+    return Manifest(
+        recipe=RecipeInfo(name="fixture", sha256="0" * 64, snapshot={}), stage="fixture",
+        seed=seed, seq_len=seq_len, image_tokens_per_tile=tokens_per_tile, dialect=dialect,
+        image_policy=policy.to_json(),
+        geometry=Geometry(preset=policy.preset, tile=limits.tile,
+                          tokens_per_view=tokens_per_tile, max_rows=limits.max_rows,
+                          max_cols=limits.max_cols, max_views=limits.max_views,
+                          global_view=limits.global_view, mean=policy.mean, std=policy.std),
+        mixture=MixtureInfo(weight_by="tokens", target_shares={"synthetic": 1.0}, budget=None,
+                            max_window_deviation=0.0),
+        shards=[ShardEntry(name=i.name, samples=i.samples, tokens=i.tokens, images=i.images,
+                           bytes=i.bytes, sha256=i.sha256) for i in shard_infos],
+        sources={}, packing=PackingInfo(seq_len=seq_len, sequences=sequences, tokens=tokens,
+                                        efficiency=tokens / max(1, sequences * seq_len)))
 
 
 def write_stage(folder: Path, shard_sizes: list[int], seed: int = 0,
-                image_rate: float = 0.6) -> dict:
+                image_rate: float = 0.6) -> Manifest:
     """Write shards of the given sample counts and the manifest into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

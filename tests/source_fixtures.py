@@ -11,7 +11,8 @@ from mixdata.errors import Reject
 from mixdata.recipe import SourceSpec
 from mixdata.sample import Sample
 from mixdata.sources import open_source
-from mixdata.sources.options import FORMAT_OPTIONS, Filters
+from mixdata.sources.options import Filters
+from mixdata.sources.registry import FORMATS
 
 
 def image_bytes(width: int = 8, height: int = 6, fmt: str = "PNG", shade: int = 0) -> bytes:
@@ -32,7 +33,7 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
 
 def spec(fmt: str, uri, name: str | None = None, filters: Filters | None = None, **options):
     return SourceSpec(name=name or fmt, format=fmt, uri=str(uri) if isinstance(uri, Path) else uri,
-                      options=FORMAT_OPTIONS[fmt](**options), filters=filters or Filters())
+                      options=FORMATS[fmt].options(**options), filters=filters or Filters())
 
 
 def read_all(source_spec) -> tuple[list[Sample], list[Reject], list]:

@@ -3,23 +3,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
-
 from build_fixtures import write_corpus, write_recipe
-from mixdata.building import build_stage
-from mixdata.errors import MixdataError
-from mixdata.recipe import load_recipe
 
-pytest.importorskip("mixdata.tokens")
+from mixdata.building import build_stage
+from mixdata.building import plan as plan_module
+from mixdata.building.accounts import AccountingError
+from mixdata.errors import MixdataError
+from mixdata.manifest import read_manifest
+from mixdata.recipe import load_recipe
 
 
 def _digest(folder: Path) -> dict:
-    files = sorted(folder.glob("shard-*.tar")) + [folder / "manifest.json", folder / "rejects.jsonl"]
+    files = [*sorted(folder.glob("shard-*.tar")), folder / "manifest.json",
+             folder / "rejects.jsonl"]
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
@@ -35,46 +38,73 @@ def built(corpus, tmp_path_factory):
     return recipe, {s: build_stage(recipe, s, out=out / s, progress=False) for s in recipe.stages}
 
 
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_manifest_accounts_for_every_record(built):
     _, outs = built
     for folder in outs.values():
-        manifest = json.loads((folder / "manifest.json").read_text())
-        rejects = [json.loads(line) for line in (folder / "rejects.jsonl").read_text().splitlines()]
-        for name, src in manifest["sources"].items():
-            assert src["read"] == src["written"] + src["rejected"] + src["unused"], name
-            assert src["rejected"] == sum(1 for r in rejects if r["source"] == name)
-            assert set(src) >= {"read", "written", "rejected", "unused", "tokens", "images",
-                                "epochs", "share_tokens", "share_samples", "target_share"}
+        manifest = read_manifest(folder)
+        rejects = _lines(folder / "rejects.jsonl")
+        for name, src in manifest.sources.items():
+            assert src.read == src.written + src.rejected + src.unused, name
+            mine = [r for r in rejects if r["source"] == name]
+            assert src.rejected == len(mine) == sum(src.rejected_by_reason.values())
+            assert src.rejected_by_reason == dict(Counter(r["reason"] for r in mine))
+            assert src.unused == sum(src.unused_by_reason.values())
+            assert set(src.unused_by_reason) <= {"duplicate", "budget", "single_pass",
+                                                 "sequence_budget"}
         for reject in rejects:
             assert set(reject) == {"source", "locator", "reason", "message"} and reject["reason"]
-        shards = manifest["shards"]
-        assert shards and all({"name", "samples", "sha256"} <= set(s) for s in shards)
-        for shard in shards:
-            data = (folder / shard["name"]).read_bytes()
-            assert hashlib.sha256(data).hexdigest() == shard["sha256"]
-        pack = manifest["packing"]
-        assert pack["sequences"] == sum(s["samples"] for s in shards)
-        assert 0 < pack["efficiency"] <= 1
+        assert manifest.shards
+        for shard in manifest.shards:
+            data = (folder / shard.name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == shard.sha256
+        assert manifest.packing.sequences == manifest.samples
+        assert 0 < manifest.packing.efficiency <= 1
 
 
-def test_rejects_name_the_bad_records(built):
+def test_rejects_and_unused_name_their_reasons(built):
     _, outs = built
-    reasons = {json.loads(line)["reason"]
-               for line in (outs["pretrain"] / "rejects.jsonl").read_text().splitlines()}
-    assert "duplicate" in reasons  # exact duplicate text doc
+    pretrain = read_manifest(outs["pretrain"])
+    assert pretrain.sources["text"].unused_by_reason.get("duplicate") == 1  # the copied doc
+    assert pretrain.sources["text"].unused_by_reason.get("budget", 0) > 0
+    reasons = {r["reason"] for r in _lines(outs["pretrain"] / "rejects.jsonl")}
     assert any(r.startswith("image") for r in reasons)  # the broken jpeg
-    sft = {json.loads(line)["reason"] for line in (outs["sft"] / "rejects.jsonl").read_text().splitlines()}
-    assert sft  # the llava entry whose <image> count mismatches
+    assert "bad_json" in reasons
+    sft = {r["reason"] for r in _lines(outs["sft"] / "rejects.jsonl")}
+    assert "image_count_mismatch" in sft  # the llava entry whose <image> count mismatches
+    assert read_manifest(outs["sft"]).sources["chat"].unused_by_reason == {}
+
+
+def test_dropping_a_record_fails_the_accounting_check(corpus, tmp_path, monkeypatch):
+    real_pack = plan_module.pack_arrays
+
+    def lossy_pack(lengths, *args, **kwargs):
+        packed = real_pack(lengths, *args, **kwargs)
+        k = next(k for k in range(len(packed.offsets) - 1)
+                 if packed.offsets[k + 1] - packed.offsets[k] > 1)
+        keep = np.ones(len(packed.order), bool)
+        keep[packed.offsets[k]] = False  # one scheduled document never reaches a sequence
+        offsets = packed.offsets - (np.arange(len(packed.offsets)) > k)
+        return packed._replace(order=packed.order[keep], offsets=offsets)
+
+    monkeypatch.setattr(plan_module, "pack_arrays", lossy_pack)
+    recipe = load_recipe(write_recipe(corpus))
+    with pytest.raises(AccountingError, match="unaccounted for"):
+        build_stage(recipe, "pretrain", out=tmp_path / "lossy", progress=False)
+    assert not (tmp_path / "lossy" / "manifest.json").exists()
 
 
 def test_budget_and_shares(built):
-    recipe, outs = built
-    manifest = json.loads((outs["pretrain"] / "manifest.json").read_text())
-    assert manifest["packing"]["tokens"] >= 3000
-    for src in manifest["sources"].values():
-        assert abs(src["share_tokens"] - src["target_share"]) < 0.1
-    sft = json.loads((outs["sft"] / "manifest.json").read_text())["sources"]
-    assert sft["chat"]["target_share"] == pytest.approx(2 / 3, abs=1e-6)
+    _recipe, outs = built
+    manifest = read_manifest(outs["pretrain"])
+    assert manifest.packing.tokens >= 3000
+    for src in manifest.sources.values():
+        assert abs(src.share_tokens - src.target_share) < 0.1
+    sft = read_manifest(outs["sft"]).sources
+    assert sft["chat"].target_share == pytest.approx(2 / 3, abs=1e-6)
 
 
 def test_shards_read_with_stock_webdataset_and_datasets(built):
@@ -85,8 +115,7 @@ def test_shards_read_with_stock_webdataset_and_datasets(built):
     folder = outs["pretrain"]
     urls = [str(p) for p in sorted(folder.glob("shard-*.tar"))]
     samples = list(wds.WebDataset(urls, shardshuffle=False))
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert len(samples) == manifest["packing"]["sequences"]
+    assert len(samples) == read_manifest(folder).packing.sequences
     assert {"tokens.npy", "loss.npy", "docs.npy", "json"} <= set(samples[0])
     from mixdata.shards import hf_features, iter_shard
 
@@ -115,27 +144,28 @@ def test_remix_reuses_prepared_units(corpus, tmp_path):
     build_stage(remixed, "pretrain", out=out, progress=False)
     after = {p: p.stat().st_mtime_ns for p in (out / ".prepare").rglob("*.arrow")}
     assert all(after[p] == t for p, t in before.items())
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["sources"]["text"]["target_share"] == pytest.approx(0.75)
+    assert read_manifest(out).sources["text"].target_share == pytest.approx(0.75)
 
 
 def test_too_small_source_names_itself(corpus):
     recipe = load_recipe(write_recipe(corpus, budget_tokens=10_000_000))
-    with pytest.raises(MixdataError, match="captions|text"):
+    with pytest.raises(MixdataError, match=r"captions|text"):
         build_stage(recipe, "pretrain", out=corpus / "never", progress=False)
+
+
+RUNNER = str(Path(__file__).with_name("build_runner.py"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["prepare:1", "prepare:2", "write:1", "write:2"])
 def test_kill_and_rerun_equals_uninterrupted(corpus, built, tmp_path, fault):
-    recipe_path = write_recipe(corpus)
-    out = tmp_path / "crashy"
-    cmd = [sys.executable, "-m", "mixdata.cli", "build", str(recipe_path), "--stage", "pretrain",
-           "--out", str(out), "--workers", "1", "--quiet"]
-    env = {**os.environ, "MIXDATA_FAULT_AFTER": fault}
-    killed = subprocess.run(cmd, env=env, capture_output=True)
+    recipe_path = str(write_recipe(corpus))
+    out = str(tmp_path / "crashy")
+    killed = subprocess.run([sys.executable, RUNNER, recipe_path, "pretrain", out, "1", fault],
+                            capture_output=True)
     assert killed.returncode == -9
-    assert not (out / "manifest.json").exists()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert not (tmp_path / "crashy" / "manifest.json").exists()
+    done = subprocess.run([sys.executable, RUNNER, recipe_path, "pretrain", out],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert _digest(out) == _digest(built[1]["pretrain"])
+    assert _digest(tmp_path / "crashy") == _digest(built[1]["pretrain"])

@@ -21,7 +21,11 @@ from PIL import Image
 from mixdata.cli import main
 from mixdata.demo import corpus
 from mixdata.demo.content import OCR_WORDS
+from mixdata.recipe import load_recipe
+from mixdata.sources.registry import open_source
 from mixdata.storage import expand
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SCALE = 0.1
 
@@ -193,7 +197,7 @@ def test_raw_pdfs_open_with_pymupdf(demo, manifest):
 
 def test_renderedtext_tar(demo, manifest):
     found = Counter()
-    for key, members in tar_groups(demo / "renderedtext" / "renderedtext-0000.tar").items():
+    for _key, members in tar_groups(demo / "renderedtext" / "renderedtext-0000.tar").items():
         annotation = json.loads(members["json"])
         if not decodes(members["png"]):
             found["image_broken"] += 1
@@ -365,10 +369,17 @@ def test_ensure_corpus_generates_once_for_concurrent_callers(monkeypatch, tmp_pa
 def test_demo_uris_resolve_into_the_cached_corpus(monkeypatch, tmp_path):
     monkeypatch.setenv("MIXDATA_CACHE", str(tmp_path))
     monkeypatch.setenv("MIXDATA_DEMO_SCALE", "0.05")
-    tars = expand("demo://caption/{00000..00001}.tar")
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
+    root = tmp_path / "demo" / f"v{corpus.VERSION}-scale0.05"
+    assert recipe.demo.root == str(root) and not root.exists()  # loading generates nothing
+    assert recipe.sources["laion"].uri == f"{root}/caption/{{00000..00001}}.tar"
+    assert recipe.demo.ensure() == root
+    tars = expand(recipe.sources["laion"].uri)
     assert [Path(t).name for t in tars] == ["00000.tar", "00001.tar"]
     assert all(Path(t).is_file() for t in tars)
-    assert len(expand("demo://sft/cauldron/*.parquet")) == 3
+    assert len(expand(f"{root}/sft/cauldron/*.parquet")) == 3
+    monkeypatch.setenv("MIXDATA_DEMO_SCALE", "0.06")  # another corpus: another recipe hash
+    assert load_recipe(ROOT / "recipes" / "demo.yaml").sha256 != recipe.sha256
 
 
 def test_demo_command(tmp_path, capsys):
@@ -393,19 +404,13 @@ SOURCE_KINDS = {"obelics": "interleaved", "laion": "caption", "pdfs": "pdf",
 
 
 def test_adapters_reject_exactly_the_malformed_records(monkeypatch, demo, manifest):
-    """Through the demo recipe's own adapters (where they exist yet): every record is read,
-    and the rejects are the defects a reader can see without decoding images."""
-    from mixdata.recipe import load_recipe
-    from mixdata.sources.registry import open_source
-
-    monkeypatch.setattr(corpus, "ensure_corpus", lambda scale=None: demo)
-    recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml")
+    """Through the demo recipe's own adapters: every record is read, and the rejects are the
+    defects a reader can see without decoding images."""
+    monkeypatch.setattr(corpus, "cache_root", lambda scale=None: demo)
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
     checked = 0
     for name, spec in recipe.sources.items():
-        try:
-            source = open_source(spec)
-        except ModuleNotFoundError:
-            continue  # that adapter has not landed in this checkout
+        source = open_source(spec)
         kind = manifest["kinds"][SOURCE_KINDS.get(name, name)]
         items = [item for unit in source.units() for item in source.read(unit)]
         rejects = [item for item in items if not hasattr(item, "parts")]

@@ -9,7 +9,7 @@ from PIL import Image, ImageCms
 
 from mixdata.errors import RecordRejected
 from mixdata.image import ImagePolicy, probe, process
-from mixdata.image.process import decode_planned
+from mixdata.image.processing import decode_planned
 
 LOSSLESS = ImagePolicy(preset="none", max_side=4096, encode="png")
 
@@ -76,7 +76,7 @@ def test_exif_orientation_is_applied(orientation):
 @pytest.mark.parametrize("orientation", [1, 6, 8])
 def test_jpeg_draft_request_swaps_for_rotated_images(orientation):
     data = oriented_jpeg(orientation, width=1600, height=1200)
-    pixels, plan, meta = decoded(data, ImagePolicy(preset="none", max_side=400))
+    pixels, _plan, meta = decoded(data, ImagePolicy(preset="none", max_side=400))
     # 1/4 gives exactly 400x300; an unswapped request (400, 300) against the stored 1200x1600
     # of orientations 6 and 8 would only allow 1/2
     assert meta["draft"] == 4

@@ -8,9 +8,17 @@ from PIL import Image
 
 from mixdata.config import parse
 from mixdata.errors import RecipeError
-from mixdata.image import (ImagePlan, ImagePolicy, cut_tiles, layout, plan, plan_for, process,
-                           special_tokens)
-from mixdata.image.layout import MAX_GRID
+from mixdata.image import (
+    ImagePlan,
+    ImagePolicy,
+    cut_tiles,
+    layout,
+    plan,
+    plan_for,
+    process,
+    special_tokens,
+)
+from mixdata.image.placeholders import MAX_GRID
 
 
 def photo_like(width, height, seed=0):

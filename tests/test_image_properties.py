@@ -6,9 +6,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mixdata.image import (ImagePlan, image_token_count, layout, plan, special_tokens,
-                           tiles_from_image)
-from mixdata.image.layout import GLOBAL, IMAGE
+from mixdata.image import (
+    ImagePlan,
+    image_token_count,
+    layout,
+    plan,
+    special_tokens,
+    tiles_from_image,
+)
+from mixdata.image.placeholders import GLOBAL, IMAGE
 
 sizes = st.tuples(st.integers(1, 3000), st.integers(1, 3000))
 small_sizes = st.tuples(st.integers(1, 400), st.integers(1, 400))
@@ -45,7 +51,7 @@ def test_views_cover_the_canvas_exactly(size, preset_and_params):
     preset, params = preset_and_params
     p = plan(*size, preset, **params)
     (cw, ch), (w, h), (x, y) = p.canvas_size, p.resized_size, p.offset
-    assert 0 <= x and 0 <= y and x + w <= cw and y + h <= ch
+    assert x >= 0 and y >= 0 and x + w <= cw and y + h <= ch
     if p.num_views == 1:
         assert cw % p.tile == 0 and ch % p.tile == 0
     else:

@@ -4,11 +4,10 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from test_image_process import jpeg, photo_like
 
 from mixdata.image import ImagePolicy, plan, process
 from mixdata.image.tiles import decode_processed, global_view, tiles_into, view_shape
-
-from test_image_process import jpeg, photo_like
 
 
 def pillow_rgb(data):

@@ -6,14 +6,27 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from shard_fixtures import fixture_manifest
 
 from mixdata.cli import main
 from mixdata.image import ImagePolicy
-from mixdata.inspect_image import (BOUNDARY, CELL, IMAGE_COLOURS, LABEL, MARGIN, PADDING,
-                                   STRIP_COLUMNS, SUPERVISED, draw_sequence, marker_colour,
-                                   strip_width)
-from mixdata.shards import write_manifest, write_shard
+from mixdata.inspect_image import (
+    BOUNDARY,
+    CELL,
+    IMAGE_COLOURS,
+    LABEL,
+    MARGIN,
+    PADDING,
+    STRIP_COLUMNS,
+    SUPERVISED,
+    draw_sequence,
+    marker_colour,
+    strip_width,
+)
+from mixdata.manifest import write_manifest
+from mixdata.shards import write_shard
 from mixdata.tokens import load_tokenizer
+from mixdata.tokens.dialect import mixdata_dialect
 from mixdata.train.batch import pack_row
 from mixdata.train.evaluate import EvalSetup, render_example
 
@@ -48,12 +61,12 @@ def sequence(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory, sequence):
+def stage(tmp_path_factory, sequence, tokenizer):
     folder = tmp_path_factory.mktemp("stage")
     info = write_shard(folder / "shard-000000.tar", [sequence])
-    write_manifest(folder, {"seq_len": SEQ_LEN, "image_tokens_per_tile": 16,
-                            "tokenizer": {"identity": "bytes"},
-                            "shards": [{"name": info.name, "samples": info.samples}]})
+    write_manifest(folder, fixture_manifest([info], 0, seq_len=SEQ_LEN, tokens_per_tile=16,
+                                            policy=POLICY,
+                                            dialect=mixdata_dialect(tokenizer, 16, POLICY)))
     return folder
 
 

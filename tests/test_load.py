@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from resume_check import assert_same, check_resume, take
+from shard_fixtures import IMAGE, PAD, SEQ_LEN, TILE, TOKENS_PER_TILE, write_stage
 
 from mixdata import load
 from mixdata.errors import MixdataError
 from mixdata.shards import iter_shard
-from resume_check import assert_same, check_resume, take
-from shard_fixtures import IMAGE, PAD, SEQ_LEN, TILE, TOKENS_PER_TILE, write_stage
 
 SIZES = [9, 7, 8]
 
@@ -121,14 +121,13 @@ def test_plain_dataloader_takes_its_worker_count_as_streams(stage):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("stop", [3, 7])  # mid-epoch, and past the boundary of 6 per epoch
-def test_resume_is_exact(stage, workers, stop):
+def test_resume_is_exact_at_every_batch(stage, workers):
     def make():
         return load(stage, batch_size=4, seed=9, shuffle_buffer=5, epochs=2,
                     streams=2).loader(num_workers=workers)
 
     assert make().dataset.batches_per_epoch == 6
-    batches = check_resume(make, total=12, stop=stop)
+    batches = check_resume(make, total=12)  # two epochs: stops on both sides of the boundary
     assert len(batches) == 12
 
 
@@ -136,7 +135,7 @@ def test_resume_without_a_loader_and_with_the_dataset_state(stage):
     def make():
         return load(stage, batch_size=4, seed=3, shuffle_buffer=9, streams=3)
 
-    check_resume(make, total=5, stop=2)  # endless (epochs=None), crosses epoch 0 -> 1
+    check_resume(make, total=5)  # endless (epochs=None), crosses epoch 0 -> 1
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -149,7 +148,7 @@ def test_stateful_dataloader_round_trip(stage, workers):
         ds = load(stage, batch_size=2, seed=6, shuffle_buffer=4, epochs=2, streams=2)
         return StatefulDataLoader(ds, batch_size=None, num_workers=workers)
 
-    check_resume(make, total=15, stop=13, roundtrip=copy.deepcopy)  # odd stop, epoch 1
+    check_resume(make, total=15, roundtrip=copy.deepcopy)  # 12 per epoch: into epoch 1
 
 
 def test_state_is_a_few_integers_and_refuses_other_streams(stage):
@@ -157,17 +156,22 @@ def test_state_is_a_few_integers_and_refuses_other_streams(stage):
     take(ds, 3)
     state = ds.state_dict()
     assert state == {"epoch": 0, "batches": 3, "streams": 2, "offset": 0, "world_size": 1,
-                     "batches_per_epoch": 12}
+                     "canonical_ranks": 1, "global_batch": 2, "batches_per_epoch": 12}
     with pytest.raises(MixdataError, match="taken with streams=2"):
         load(stage, batch_size=2, streams=4).load_state_dict(state)
 
 
-def test_world_size_change_resumes_at_the_same_fraction(stage, caplog):
-    state = {"epoch": 1, "batches": 4, "streams": 1, "world_size": 1, "batches_per_epoch": 8}
-    ds = load(stage, batch_size=3, streams=1, rank=0, world_size=2)
+def test_a_changed_global_batch_is_refused_unless_approximate(stage, caplog):
+    # taken at world size 1 with batch 3 (global batch 3); world size 2 with batch 3 is a
+    # global batch of 6: refused, or, when asked for, resumed at the same fraction
+    state = {"epoch": 1, "batches": 4, "streams": 1, "world_size": 1, "canonical_ranks": 1,
+             "global_batch": 3, "batches_per_epoch": 8}
+    with pytest.raises(MixdataError, match="global batch is 3 sequences, this one is 6"):
+        load(stage, batch_size=3, streams=1, rank=0, world_size=2).load_state_dict(state)
+    ds = load(stage, batch_size=3, streams=1, rank=0, world_size=2, approximate_resume=True)
     ds.load_state_dict(state)
     assert ds.state_dict()["batches"] == 4 * ds.batches_per_epoch // 8
-    assert "not exactly" in caplog.text
+    assert ds.state_dict()["epoch"] == 1 and "not exactly" in caplog.text
 
 
 def test_normalize_pixels_on_device_once(stage):
@@ -188,3 +192,30 @@ def test_small_data_and_bad_arguments_are_clear(stage, tmp_path):
         load(stage, batch_size=0)
     with pytest.raises(MixdataError, match="rank 2 is outside"):
         load(stage, batch_size=1, rank=2, world_size=2, streams=1)
+
+
+EARLY_EXIT = """
+import sys
+from mixdata import load
+ds = load(sys.argv[1], batch_size=2, seed=0)
+workers = int(sys.argv[2])
+source = ds.loader(num_workers=workers) if workers else ds
+if sys.argv[3] == "break":
+    for i, batch in enumerate(source):
+        if i == 1:
+            break
+else:  # the iterator is still referenced when the interpreter shuts down
+    batches = iter(source)
+    first, second = next(batches), next(batches)
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("style", ["break", "held"])
+def test_leaving_a_loop_early_and_exiting_prints_nothing(stage, workers, style):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", EARLY_EXIT, str(stage), str(workers), style],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == ""

@@ -145,7 +145,7 @@ def test_exponent_numbers_read_as_yaml_1_2_floats(tmp_path):
                        Loader=RecipeLoader)
     assert loaded == [7.68e6, 1e-4, 5.0, -300.0, "e5", "1e", "2e3x", "1e3", 12]
     path.write_text(text.replace("sequences: 2e3", "sequences: 2.5e0"))
-    with pytest.raises(RecipeError, match="sequences: found 2.5, expected an integer"):
+    with pytest.raises(RecipeError, match=r"sequences: found 2\.5, expected an integer"):
         load_recipe(path)
 
 
@@ -186,6 +186,27 @@ def test_validate_exits_2_on_invalid_recipe(tmp_path, capsys):
     assert f"invalid recipe: {path}: stages.pretrain.mixture.laion: found 'laion'" in err
 
 
+def test_validate_checks_the_train_section_too(tmp_path, capsys):
+    path = write(tmp_path, {**BASE, "train": {"model": "tiny", "stages": {
+        "pretrain": {"warmpu": 10}}}})
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: train.stages.pretrain.warmpu: found 10, expected no such key" in err
+    path = write(tmp_path, {**BASE, "train": {"stages": {"nope": {}}}})
+    assert main(["validate", str(path)]) == 2
+    assert "train.stages.nope: found 'nope', expected a stage defined under stages" in \
+        capsys.readouterr().err
+
+
+def test_image_keys_of_another_preset_are_refused(tmp_path, capsys):
+    path = write(tmp_path, edited(lambda d: d["stages"]["pretrain"].update(
+        image={"preset": "none", "tile": 364})))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert ("stages.pretrain.image.tile: found 364, expected no tile for preset 'none', "
+            "which takes resize, max_side, min_side, upscale, filter") in err
+
+
 def test_shipped_recipes_are_all_there():
     assert {p.stem for p in RECIPES} >= {"demo", "mm1", "mm15", "idefics2", "idefics3",
                                          "prismatic"}
@@ -207,4 +228,5 @@ def test_demo_recipe_stages_and_shares():
     assert (pretrain["obelics"], pretrain["laion"], text) == pytest.approx((0.45, 0.45, 0.10))
     assert recipe.stages["highres"].image.preset == "idefics3"
     assert any(isinstance(e, Relative) for e in recipe.stages["sft"].mixture.values())
-    assert all(s.uri.startswith("demo://") for s in recipe.sources.values())
+    assert recipe.demo is not None
+    assert all(s.uri.startswith(recipe.demo.root) for s in recipe.sources.values())

@@ -7,11 +7,13 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from source_fixtures import image_bytes, read_all, spec, write_tar
 
+from mixdata.demo import pretrain
+from mixdata.demo.files import rng_for
+from mixdata.errors import RecordRejected
 from mixdata.sources import open_source
 from mixdata.sources.caption import failed_rows, stats_failures, tsv_fields
-from mixdata.errors import RecordRejected
-from source_fixtures import image_bytes, read_all, spec, write_tar
 
 KEYS = [f"{i:09d}" for i in range(6)]
 JPEGS = {k: image_bytes(10 + i, 8, "JPEG", shade=40 * i) for i, k in enumerate(KEYS)}
@@ -78,7 +80,7 @@ def test_img2dataset_units_skip_metadata_siblings(tmp_path):
 
 def test_img2dataset_stats_only_counts_failures_by_message(tmp_path):
     _tar_layout(tmp_path, listing=False, stats=True)
-    samples, rejects, items = read_all(spec("img2dataset", tmp_path / "00000.tar"))
+    samples, rejects, _items = read_all(spec("img2dataset", tmp_path / "00000.tar"))
     assert len(samples) == 2
     failed = [(r.reason, r.message) for r in rejects if r.reason != "bad_json"]
     assert failed == [("download_failed", "HTTP 404"), ("download_failed", "image too small")]
@@ -155,6 +157,18 @@ def test_tsv_captions(tmp_path, fmt):
         ("3", "bad_row"), ("4", "no_content"), ("6", "image_missing")]
 
 
+def test_tsv_file_urls_are_percent_decoded(tmp_path):
+    """CC3M-style lists write local images as file:// URLs, percent-encoded."""
+    folder = tmp_path / "my photos"
+    folder.mkdir()
+    (folder / "cat 1.jpg").write_bytes(JPEGS[KEYS[0]])
+    url = "file://" + str(folder).replace(" ", "%20") + "/cat%201.jpg"
+    path = tmp_path / "train.tsv"
+    path.write_text(f"a cat\t{url}\n")
+    samples, rejects, _ = read_all(spec("cc3m-tsv", path))
+    assert not rejects and samples[0].parts[0].data == JPEGS[KEYS[0]]
+
+
 def test_tsv_header_line_is_skipped(tmp_path):
     path = tmp_path / "cc12m.tsv"
     path.write_text(f"url\tcaption\n{URL_LIST[0]}\thello\n")
@@ -218,9 +232,6 @@ def test_failed_rows_and_stats_cores():
 
 
 def test_demo_caption_shards_account_for_failed_rows(tmp_path):
-    pretrain = pytest.importorskip("mixdata.demo.pretrain")
-    from mixdata.demo.files import rng_for
-
     report = pretrain.write_caption(tmp_path, 40, rng_for("caption")).to_json()
     samples, rejects, items = read_all(spec("img2dataset", str(tmp_path / "caption/*.tar")))
     assert len(items) == report["records"] + report["failed_rows"]

@@ -5,13 +5,13 @@ import json
 
 import pytest
 import yaml
+from ocr_fixtures import make_pdf, pdfa_json
+from source_fixtures import image_bytes, write_tar
 
 from mixdata.cli import main
 from mixdata.commands.sources import SourceReport, describe, tally
 from mixdata.errors import Reject
 from mixdata.sample import ImagePart, Sample, TextPart
-from ocr_fixtures import make_pdf, pdfa_json
-from source_fixtures import image_bytes, write_tar
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def recipe(tmp_path):
 def test_text_report_shows_samples_counts_and_balance(recipe, capsys):
     assert main(["sources", recipe, "-n", "1"]) == 0
     out = capsys.readouterr().out
-    assert "== web (jsonl-text)" in out and "[1] web-1  text" in out
+    assert "== web (jsonl-text)" in out and "[1] a  text" in out  # the record's own id
     assert "[2]" not in out   # -n 1
     assert "read 4  yielded 2  rejected 2  retries 0  (1 units)" in out
     assert "filter:min_words" in out and "bad_json" in out

@@ -6,12 +6,12 @@ import json
 
 import pytest
 from datasets import Dataset, Features, Image, List, Value
+from ocr_fixtures import read_counted, reasons
+from source_fixtures import image_bytes, spec, write_tar
 
 from mixdata.sample import ImagePart, Sample, TextPart
 from mixdata.sources import open_source
 from mixdata.sources.hf import undecoded
-from ocr_fixtures import read_counted, reasons
-from source_fixtures import image_bytes, spec, write_tar
 
 PNG = image_bytes(8, 6, shade=42)
 
@@ -137,5 +137,4 @@ def test_every_hf_format_has_a_record_reader():
     from mixdata.sources.options import HfOptions
 
     for fmt in get_args(get_type_hints(HfOptions)["as_format"]):
-        assert callable(getattr(open_source(spec("hf", "x", as_format=fmt)).inner,
-                                "record_sample")), fmt
+        assert callable(open_source(spec("hf", "x", as_format=fmt)).inner.record_sample), fmt

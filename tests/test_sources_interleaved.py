@@ -9,10 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from loopback import serve
-
-from mixdata.errors import MixdataError
-from mixdata.sources.interleaved import mmc4_parts, obelics_parts, wds_interleaved_parts
 from source_fixtures import image_bytes, layout, read_all, spec, write_tar
+
+from mixdata.demo import pretrain
+from mixdata.demo.files import rng_for
+from mixdata.errors import UnitDamaged
+from mixdata.sources import open_source
+from mixdata.sources.filtering import read_unit
+from mixdata.sources.interleaved import mmc4_parts, obelics_parts, wds_interleaved_parts
 
 IMAGES = {name: image_bytes(8 + i, 6, "PNG" if name.endswith("png") else "JPEG", shade=30 * i)
           for i, name in enumerate(["a.png", "b.jpg", "c.png", "d.jpg"])}
@@ -232,11 +236,17 @@ def test_wds_interleaved_orders_parts_and_rejects_bad_members(tmp_path):
         (f"{path}:doc5", "mismatched_lists")]
 
 
-def test_truncated_tar_raises_a_clear_error_after_good_samples(tmp_path):
+def test_truncated_tar_is_a_unit_reject_after_the_good_samples(tmp_path):
     path = _wds_tar(tmp_path / "cut.tar")
-    path.write_bytes(path.read_bytes()[:2500])  # inside doc1's image member
-    with pytest.raises(MixdataError, match="cut.tar: unreadable tar"):
+    whole = path.read_bytes()
+    path.write_bytes(whole[:2500])  # inside doc1's image member: doc1 is incomplete
+    with pytest.raises(UnitDamaged, match=r"cut\.tar .*unit_truncated"):
         read_all(spec("wds-interleaved", path))
+    source = open_source(spec("wds-interleaved", path))
+    items = list(read_unit(source, str(path)))
+    assert [(type(i).__name__, getattr(i, "reason", None)) for i in items] == [
+        ("Reject", "unit_truncated")]
+    assert items[0].locator.startswith(f"{path}@byte ")
 
 
 def test_pure_cores_work_without_io():
@@ -257,9 +267,6 @@ def test_pure_cores_work_without_io():
 
 
 def test_demo_interleaved_files_read_with_their_reported_defects(tmp_path):
-    pretrain = pytest.importorskip("mixdata.demo.pretrain")
-    from mixdata.demo.files import rng_for
-
     report = pretrain.write_interleaved(tmp_path, 12, rng_for("interleaved")).to_json()
     samples, rejects, items = read_all(spec("obelics", str(tmp_path / "interleaved/*.parquet")))
     assert len(items) == report["records"] == 12
@@ -304,5 +311,5 @@ def test_wrong_types_and_corrupt_compression_are_reported(tmp_path):
     assert [r.reason for r in read_all(spec("obelics", path))[1]] == ["missing_field"]
     cut = _mmc4_file(tmp_path / "cut.jsonl.gz", MMC4_DOCS * 50)
     cut.write_bytes(cut.read_bytes()[:-40])
-    with pytest.raises(MixdataError, match="cut.jsonl.gz: unreadable after line"):
+    with pytest.raises(UnitDamaged, match=r"cut.jsonl.gz \(after line \d+\): unit_truncated"):
         read_all(spec("mmc4", cut))

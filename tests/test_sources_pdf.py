@@ -9,16 +9,24 @@ import time
 
 import pymupdf
 import pytest
+from ocr_fixtures import (
+    EMPTY_PDF,
+    encrypted_pdf,
+    idl_json,
+    make_pdf,
+    pdfa_json,
+    read_counted,
+    reasons,
+    slow_pdf,
+)
 from PIL import Image
+from source_fixtures import image_bytes, spec, write_tar
 
 from mixdata.errors import RecordRejected
 from mixdata.sample import ImagePart, Sample, TextPart
 from mixdata.sources import open_source
 from mixdata.sources.pdf import annotation_pages, open_pdf, page_lines, renderedtext_parts
 from mixdata.sources.pdfrender import PageRenderer
-from ocr_fixtures import (EMPTY_PDF, encrypted_pdf, idl_json, make_pdf, pdfa_json, read_counted,
-                          reasons, slow_pdf)
-from source_fixtures import image_bytes, spec, write_tar
 
 
 def _decoded(sample: Sample) -> Image.Image:

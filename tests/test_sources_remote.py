@@ -4,66 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import uuid
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from mixdata.sources import open_source
-from mixdata.storage import RetryCounter, open_binary
+from loopback import serve_ranged
 from ocr_fixtures import make_pdf, pdfa_json, read_counted
 from source_fixtures import image_bytes, spec, write_tar
 
-
-class _Handler(SimpleHTTPRequestHandler):
-    """Static files with single-range `Range: bytes=a-b` support. The first `n` requests to a
-    path in `server.fail_first` (name -> n) are answered 503; `server.log` records requests."""
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-    def send_head(self):
-        name = self.path.lstrip("/")
-        self.server.log.append((self.command, name, self.headers.get("Range")))
-        if self.server.fail_first.get(name, 0) > 0:
-            self.server.fail_first[name] -= 1
-            self.server.failures.append(name)
-            self.send_error(503, "Service Unavailable")
-            return None
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            self.send_error(404)
-            return None
-        size = path.stat().st_size
-        start, end = 0, size - 1
-        ranged = self.headers.get("Range", "").startswith("bytes=")
-        if ranged:
-            first, _, last = self.headers["Range"][6:].partition("-")
-            start, end = int(first or 0), min(int(last) if last else size - 1, size - 1)
-        handle = open(path, "rb")
-        handle.seek(start)
-        self.send_response(206 if ranged else 200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(end - start + 1))
-        if ranged:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.end_headers()
-        self.remaining = end - start + 1
-        return handle
-
-    def copyfile(self, source, outputfile) -> None:
-        while self.remaining > 0:
-            chunk = source.read(min(self.remaining, 1 << 20))
-            if not chunk:
-                break
-            outputfile.write(chunk)
-            self.remaining -= len(chunk)
+from mixdata.sources import open_source
+from mixdata.storage import RetryCounter, open_binary
 
 
 @pytest.fixture
@@ -71,15 +22,8 @@ def http_root(tmp_path):
     """(served folder, base URL, server) on 127.0.0.1, stopped and joined afterwards."""
     root = tmp_path / "served"
     root.mkdir()
-    handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)  # noqa: E731
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.fail_first, server.failures, server.log = {}, [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}", server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve_ranged(root) as (url, server):
+        yield root, url, server
 
 
 def _fixtures(root: Path) -> dict[str, Path]:
@@ -141,27 +85,6 @@ def test_open_binary_resumes_at_its_offset_after_a_503(http_root):
     assert server.failures == ["blob.bin"] and counter.retries == 1
     ranges = [r for method, name, r in server.log if method == "GET" and r]
     assert len(ranges) >= 3   # streamed in blocks, never one whole-file GET
-
-
-@pytest.fixture
-def s3_bucket(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    fsspec.filesystem("s3").clear_instance_cache()
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    # moto keeps its backend state per process, so a fixed name can already exist.
-    bucket = f"mixdata-test-{uuid.uuid4().hex[:12]}"
-    fs.mkdir(bucket)
-    yield fs, bucket
-    fsspec.filesystem("s3").clear_instance_cache()
-    server.stop()
 
 
 def test_s3_read_equals_the_local_read(tmp_path, s3_bucket):

@@ -7,14 +7,15 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+from ocr_fixtures import read_counted, reasons
+from source_fixtures import image_bytes, spec
 
 from mixdata.errors import RecordRejected
 from mixdata.sample import ImagePart, Sample, TextPart
 from mixdata.sources import sft
 from mixdata.sources.sft import decode_data_uri, json_records, llava_parts
-from ocr_fixtures import read_counted, reasons
-from source_fixtures import image_bytes, spec
 
 RED, BLUE = image_bytes(8, 6, shade=10), image_bytes(8, 6, shade=200)
 
@@ -95,7 +96,7 @@ def test_llava_array_and_jsonl(tmp_path, layout):
     items, stats = read_counted(spec("llava", path))
     got = [_layout(i) if isinstance(i, Sample) else i.reason for i in items]
     assert got == LLAVA_EXPECTED
-    assert items[0].meta["record_id"] == "000000033471"
+    assert items[0].id == "000000033471"  # the record's own id
     suffix = "item=0" if layout == "array" else "line=1"
     assert items[0].meta["locator"] == f"{path}#{suffix}"
     assert stats.read == len(LLAVA) == stats.yielded + sum(stats.rejected.values())
@@ -173,3 +174,39 @@ def test_llava_images_follow_their_tags(turns):
     assert images == [f"i{k}".encode() for k in range(n)]
     assert all(IMAGE not in p.text for p in parts if isinstance(p, TextPart))
     assert loaded == [f"i{k}" for k in range(n)]
+
+
+@pytest.mark.parametrize("fmt", ["llava", "chat-messages"])
+def test_relative_image_paths_keep_their_folders_under_images_root(tmp_path, fmt):
+    """LLaVA-665k names images relative to its image folder; two files may share a base name."""
+    root = tmp_path / "images"
+    paths = ["coco/train2017/000000391895.jpg", "gqa/images/000000391895.jpg"]
+    for shade, relative in enumerate(paths):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(image_bytes(8, 6, shade=40 * shade))
+    if fmt == "llava":
+        records = [{"id": f"r{i}", "image": ref, "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A."}]}
+            for i, ref in enumerate(paths)]
+    else:
+        records = [{"id": f"r{i}", "messages": [
+            {"role": "user", "content": [{"type": "image", "path": ref},
+                                         {"type": "text", "text": "What is it?"}]},
+            {"role": "assistant", "content": "A."}]} for i, ref in enumerate(paths)]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    items, _ = read_counted(spec(fmt, path, images_root=str(root)))
+    assert [i.id for i in items] == ["r0", "r1"]  # every record kept, under its own id
+    assert [i.images[0].data for i in items] == [(root / p).read_bytes() for p in paths]
+    items, _ = read_counted(spec(fmt, path, images_root=str(root), image_key="name"))
+    assert reasons(items) == ["image_missing", "image_missing"]  # basename only: not found
+
+
+def test_chat_messages_keep_their_own_id(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"id": "conv-77", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}) + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "x"},
+                                   {"role": "assistant", "content": "y"}]}) + "\n")
+    items, _ = read_counted(spec("chat-messages", path))
+    assert [i.id for i in items] == ["conv-77", "chat-2"]

@@ -8,15 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+from ocr_fixtures import read_counted, reasons
+from source_fixtures import spec
 
 from mixdata.errors import RecordRejected
 from mixdata.sample import Sample, TextPart
 from mixdata.sources import open_source
 from mixdata.sources.options import TextOptions
 from mixdata.sources.plaintext import text_sample
-from ocr_fixtures import read_counted, reasons
-from source_fixtures import spec
 
 FINEWEB = {
     "text": ["First web page.", None, "   ", "Third page, caf\u00e9."],
@@ -42,9 +43,9 @@ def test_fineweb_parquet_row_groups_and_rejects(tmp_path):
     assert source.units() == [f"{path}#rg=0", f"{path}#rg=1"]
     items, stats = read_counted(spec("parquet-text", path))
     samples = [i for i in items if isinstance(i, Sample)]
-    assert [s.id for s in samples] == ["000_00000-0", "000_00000-3"]
+    assert [s.id for s in samples] == ["<urn:1>", "<urn:4>"]  # the records' own ids
     assert samples[1].parts == (TextPart(text="Third page, caf\u00e9."),)
-    assert samples[1].kind == "text" and samples[1].meta["record_id"] == "<urn:4>"
+    assert samples[1].kind == "text"
     assert samples[1].meta["scores"] == {"language_score": 0.91}
     assert samples[1].meta["url"] == "https://e.x/3"
     assert samples[1].meta["locator"] == f"{path}#row=3"
@@ -62,17 +63,19 @@ def test_dolma_jsonl_plain_and_compressed(tmp_path, suffix, compress):
     items, stats = read_counted(spec("jsonl-text", path))
     assert [i.text() if isinstance(i, Sample) else i.reason for i in items] == [
         "dolma one", "missing_field", "dolma three", "bad_json", "bad_json"]
-    assert items[0].id == "part-0-1" and items[2].id == "part-0-3"
-    assert items[0].meta["source"] == "c4" and items[0].meta["record_id"] == "d1"
+    assert items[0].id == "d1" and items[2].id == "d3"
+    assert items[0].meta["source"] == "c4"
     assert items[3].locator == f"{path}#line=4"
     assert stats.read == 5
 
 
 def test_configurable_text_and_id_fields(tmp_path):
     path = tmp_path / "custom.jsonl"
-    path.write_text(json.dumps({"doc_id": 7, "content": "custom field"}) + "\n")
+    path.write_text(json.dumps({"doc_id": 7, "content": "custom field"}) + "\n"
+                    + json.dumps({"content": "no id of its own"}) + "\n")
     items, _ = read_counted(spec("jsonl-text", path, text_field="content", id_field="doc_id"))
-    assert items[0].text() == "custom field" and items[0].meta["record_id"] == "7"
+    assert items[0].text() == "custom field" and items[0].id == "7"
+    assert items[1].id == "custom-2"  # position-based when the record has no id
 
 
 @given(st.dictionaries(st.sampled_from(["text", "id", "url", "x_score"]),

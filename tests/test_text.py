@@ -3,8 +3,16 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixdata.text import (char_repetition, clean_text, dedup_text, special_char_ratio,
-                          stopword_ratio, word_count, word_repetition, words)
+from mixdata.text import (
+    char_repetition,
+    clean_text,
+    dedup_text,
+    special_char_ratio,
+    stopword_ratio,
+    word_count,
+    word_repetition,
+    words,
+)
 
 texts = st.text(max_size=300)
 word_lists = st.lists(st.from_regex(r"[a-z]{1,8}", fullmatch=True), min_size=1, max_size=40)

@@ -6,8 +6,14 @@ import pytest
 
 from mixdata.errors import MixdataError
 from mixdata.train.checkpoint import FINAL
-from mixdata.train.lineage import (Chain, check_continuation, copy_stage, reusable, stage_chain,
-                                   stages_to_train)
+from mixdata.train.lineage import (
+    Chain,
+    check_continuation,
+    copy_stage,
+    reusable,
+    stage_chain,
+    stages_to_train,
+)
 from mixdata.train.report import compare_runs, format_table, record_eval
 from mixdata.train.run import previous_final
 
@@ -61,7 +67,7 @@ def test_a_run_folder_is_not_continued_with_another_chain_seed_or_recipe(tmp_pat
     run = write_run(tmp_path / "run", full)
     check_continuation(run, full, 1, "abc")  # the same: fine
     check_continuation(tmp_path / "fresh", full, 1, "abc")  # no run.json yet: fine
-    with pytest.raises(MixdataError, match="stages 'pretrain -> highres -> sft'.*skipped: highres"):
+    with pytest.raises(MixdataError, match=r"stages 'pretrain -> highres -> sft'.*skipped: highres"):
         check_continuation(run, stage_chain(STAGES, ("highres",)), 1, "abc")
     with pytest.raises(MixdataError, match="seed 1"):
         check_continuation(run, full, 2, "abc")

@@ -161,7 +161,8 @@ def main(argv=None) -> None:
         tmp = Path(tmp)
         b = bench_builds(tmp)
         rows += [(f"build pretrain ({b['records']} records)", f"workers {k}",
-                  f"{b['records'] / b[f'w{k}_s']:.1f} rec/s ({b[f'w{k}_s']:.1f} s)") for k in (1, 2)]
+                  f"{b['records'] / b[f'w{k}_s']:.1f} rec/s ({b[f'w{k}_s']:.1f} s)")
+                 for k in (1, 2)]
         rows += [("build", "workers 2 / workers 1 speed", f"{b['w1_s'] / b['w2_s']:.2f}x"),
                  ("re-mix (45/45 -> 30/60), same out dir", "time", f"{b['remix_s']:.2f} s"),
                  ("re-mix", "re-mix time / full build (w1)", f"{b['remix_s'] / b['w1_s']:.2f}")]
@@ -169,7 +170,8 @@ def main(argv=None) -> None:
         for scale in (1, 10):
             rss[scale], gen_s = peak_rss_mib(scale, tmp / "cache" if scale > 1 else None,
                                            tmp / f"rss{scale}")
-            rows.append((f"peak RSS build, demo scale {scale}", f"corpus generated in {gen_s:.0f} s",
+            rows.append((f"peak RSS build, demo scale {scale}",
+                         f"corpus generated in {gen_s:.0f} s",
                          f"{rss[scale]:.0f} MiB"))
         rows.append(("peak RSS", "scale 10 / scale 1", f"{rss[10] / rss[1]:.2f}x"))
     print("| measurement | case | result |\n| --- | --- | --- |")

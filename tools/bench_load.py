@@ -139,9 +139,9 @@ def measure(kind: str, folder: str, workers: int, batch: int) -> dict:
     run = {"mixdata": run_mixdata, "webdataset": run_webdataset,
            "webdataset+cut": lambda *a: run_webdataset(*a, decode=_cut_wds)}[kind]
     import torch
+    import webdataset  # noqa: F401
 
     import mixdata.loading  # noqa: F401 - imports (torch, PIL, webdataset) are not timed
-    import webdataset  # noqa: F401
     torch.set_num_threads(1)  # per worker means per core: no intra-op threads in process 0
     start = time.perf_counter()
     counts = run(folder, workers, batch)

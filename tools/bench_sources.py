@@ -63,7 +63,8 @@ def pdf_pages(spec) -> list[tuple[bytes, int]]:
     pdfs, pages = {}, []
     for unit in source.units():
         for key, members, _ in iter_tar_groups(unit):
-            pdfs[f"{file_stem(unit)}-{key}"] = members.get("pdf")
+            if isinstance(members, dict):
+                pdfs[f"{file_stem(unit)}-{key}"] = members.get("pdf")
         for item in source.read(unit):
             if isinstance(item, Sample):
                 pages.append((pdfs[item.meta["doc"]], item.meta["page"]))

@@ -1,15 +1,15 @@
 """Build phase 1: prepare one source unit into tokenised documents, cached on disk.
 
 `prepare_record` is the pure core (one Sample -> prepared docs, or a Reject). `prepare_unit`
-streams a unit through it and writes an Arrow IPC file plus a JSON sidecar (written last, so
-a unit is finished exactly when its sidecar exists). The cache key covers everything that
+streams a unit through it and writes an Arrow IPC file, the unit's rejects as JSON lines
+(streamed, so memory stays bounded) and its `UnitStats` sidecar (written last, so a unit is
+finished exactly when its sidecar exists). The cache key covers everything that
 changes a prepared document, and nothing about the mixture, so a re-mix reuses every unit.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,9 +18,16 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from ..errors import RecordRejected, Reject
+from ..image import process
+from ..recipe import parse_recipe
 from ..sample import Sample
+from ..sources import open_source
+from ..sources.filtering import dedup_key, read_clean
+from ..storage import atomic_file, write_json_atomic
+from ..tokens import render
+from ..tokens.dialect import recipe_tokenizer
 
-FORMAT_VERSION = "prepare-v2"
+FORMAT_VERSION = "prepare-v4"
 
 SCHEMA = pa.schema([
     ("record", pa.int32()),          # index of the record within its unit
@@ -34,7 +41,7 @@ SCHEMA = pa.schema([
     ("n_views", pa.int32()),
     ("images", pa.list_(pa.binary())),  # processed image bytes, in token order
     ("meta", pa.string()),           # JSON: per image {plan, span, ext}
-    ("dedup", pa.string()),          # sha1 of text + image bytes, "" when dedup is off
+    ("dedup", pa.binary(16)),        # sha1 of text + image bytes (first 16 bytes); zeros: off
 ])
 
 
@@ -51,7 +58,8 @@ class UnitTask:
 
 
 def unit_key(recipe, stage: str, source: str, unit: str) -> str:
-    """Cache key: source spec, unit, image policy, tokenizer and lengths; not the mixture."""
+    """Cache key: source spec, unit, image policy, tokenizer (a model folder's content too)
+    and lengths; not the mixture."""
     spec = recipe.sources[source]
     stage_spec = recipe.stages[stage]
     payload = {
@@ -61,6 +69,9 @@ def unit_key(recipe, stage: str, source: str, unit: str) -> str:
         "seq_len": recipe.stage_seq_len(stage), "tpt": recipe.image_tokens_per_tile,
         "loss": stage_spec.loss, "overflow": stage_spec.pack.on_overflow,
     }
+    if recipe.family is not None:  # a model folder: its content, not only its name
+        tok = recipe_tokenizer(recipe)
+        payload["dialect"] = [recipe.family, recipe.add_tokens, tok.sha256, tok.template_sha256]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -70,9 +81,6 @@ def prepare_record(sample: Sample, policy, tokenizer, *, tokens_per_tile: int, s
 
     Raises RecordRejected for images that fail the image step or documents that cannot fit.
     """
-    from ..image import process
-    from ..tokens import render
-
     images = sample.images
     processed = [process(img.data, policy, images_in_sample=len(images)) for img in images]
     docs = render(sample, [p.plan for p in processed], tokenizer, tokens_per_tile=tokens_per_tile,
@@ -85,11 +93,52 @@ def prepare_record(sample: Sample, policy, tokenizer, *, tokens_per_tile: int, s
         rows.append({
             "sample_id": sample.id, "chunk": chunk,
             "ids": doc.ids.astype("<i4").tobytes(), "loss": doc.loss.astype("u1").tobytes(),
-            "length": int(len(doc.ids)), "supervised": int(doc.loss.sum()),
+            "length": len(doc.ids), "supervised": int(doc.loss.sum()),
             "n_images": len(used), "n_views": int(sum(s.views for s in doc.images)),
             "images": [p.data for p in used], "meta": json.dumps(meta, sort_keys=True),
         })
     return rows
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnitStats:
+    """What preparing one unit gave: the typed sidecar `<path>.json`, written last.
+
+    `read` counts every item the unit's reader produced (a damaged unit's reject included),
+    `rejected` those that were rejects, by reason (their lines are in `<path>.rejects.jsonl`);
+    `docs` / `tokens` are the prepared documents and their total length; `retries` the
+    transient-read retries this unit needed (run-dependent).
+    """
+
+    unit: str
+    path: str
+    read: int
+    rejected: dict[str, int]
+    docs: int
+    tokens: int
+    retries: int = 0
+
+    @property
+    def n_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def rejects_path(self) -> str:
+        return self.path + ".rejects.jsonl"
+
+    def cost(self, weight_by: str) -> float:
+        """The unit's cost in a stage's weight_by unit (tokens or samples)."""
+        return float(self.docs if weight_by == "samples" else self.tokens)
+
+    def mean_length(self) -> float:
+        return self.tokens / self.docs if self.docs else 1.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> UnitStats:
+        return cls(**data)
 
 
 class _Context:
@@ -99,14 +148,11 @@ class _Context:
         self.key = None
 
     def get(self, task: UnitTask):
-        key = (task.recipe_file, json.dumps(task.recipe_raw, sort_keys=True, default=str), task.stage)
+        raw = json.dumps(task.recipe_raw, sort_keys=True, default=str)
+        key = (task.recipe_file, raw, task.stage)
         if key != self.key:
-            from ..recipe import parse_recipe
-            from ..sources import open_source
-            from ..tokens import load_tokenizer
-
             recipe = parse_recipe(task.recipe_raw, file=task.recipe_file)
-            self.recipe, self.tokenizer = recipe, load_tokenizer(recipe.tokenizer)
+            self.recipe, self.tokenizer = recipe, recipe_tokenizer(recipe)
             self.sources = {n: open_source(s) for n, s in recipe.sources.items()}
             self.key = key
         return self.recipe, self.tokenizer, self.sources[task.source]
@@ -115,60 +161,49 @@ class _Context:
 _CONTEXT = _Context()
 
 
-def prepare_unit(task: UnitTask) -> dict:
-    """Prepare one unit into `task.path + .arrow`/`.json`; returns the sidecar stats."""
-    from ..sources.filtering import dedup_key, read_clean
-
+def prepare_unit(task: UnitTask) -> UnitStats:
+    """Prepare one unit into `task.path` + `.arrow` (documents), `.rejects.jsonl` and `.json`
+    (the UnitStats, written last: a unit is finished exactly when it exists)."""
     done = Path(task.path + ".json")
     if done.exists():
-        return json.loads(done.read_text())
+        return UnitStats.from_json(json.loads(done.read_text()))
     recipe, tokenizer, source = _CONTEXT.get(task)
     stage = recipe.stages[task.stage]
     dedup = recipe.sources[task.source].filters.dedup
-    rows, rejects, reasons = [], [], Counter()
-    read = 0
-    for record, item in enumerate(read_clean(source, task.unit)):
-        read += 1
-        if isinstance(item, Reject):
-            rejects.append(item.to_json())
+    retries_before = source.retries
+    rows, reasons, read = [], Counter(), 0
+    with atomic_file(task.path + ".rejects.jsonl", "w") as rejects:
+        for record, item in enumerate(read_clean(source, task.unit)):
+            read += 1
+            if not isinstance(item, Reject):
+                try:
+                    new = prepare_record(item, stage.image, tokenizer,
+                                         tokens_per_tile=recipe.image_tokens_per_tile,
+                                         seq_len=recipe.stage_seq_len(task.stage),
+                                         loss=stage.loss, on_overflow=stage.pack.on_overflow)
+                except RecordRejected as err:
+                    item = Reject(source=task.source,
+                                  locator=item.meta.get("locator", f"{task.unit}#{item.id}"),
+                                  reason=err.reason, message=err.message)
+                else:
+                    key = bytes.fromhex(dedup_key(item))[:16] if dedup else bytes(16)
+                    rows.extend({**row, "record": record, "dedup": key} for row in new)
+                    continue
+            rejects.write(json.dumps(item.to_json(), sort_keys=True) + "\n")
             reasons[item.reason] += 1
-            continue
-        try:
-            new = prepare_record(item, stage.image, tokenizer,
-                                 tokens_per_tile=recipe.image_tokens_per_tile,
-                                 seq_len=recipe.stage_seq_len(task.stage), loss=stage.loss,
-                                 on_overflow=stage.pack.on_overflow)
-        except RecordRejected as err:
-            locator = item.meta.get("locator", f"{task.unit}#{item.id}")
-            rejects.append(Reject(source=task.source, locator=locator, reason=err.reason,
-                                  message=err.message).to_json())
-            reasons[err.reason] += 1
-            continue
-        key = dedup_key(item) if dedup else ""
-        rows.extend({**row, "record": record, "dedup": key} for row in new)
-    _write_table(Path(task.path + ".arrow"), rows)
-    stats = {"unit": task.unit, "read": read, "records_ok": read - len(rejects),
-             "rejected": dict(sorted(reasons.items())), "rejects": rejects,
-             "retries": getattr(source, "retries", 0), "docs": len(rows)}
-    _atomic_write(done, json.dumps(stats, sort_keys=True).encode())
+    _write_table(task.path + ".arrow", rows)
+    stats = UnitStats(unit=task.unit, path=task.path, read=read,
+                      rejected=dict(sorted(reasons.items())), docs=len(rows),
+                      tokens=sum(row["length"] for row in rows),
+                      retries=source.retries - retries_before)
+    write_json_atomic(done, stats.to_json(), indent=None)
     return stats
 
 
-def _write_table(path: Path, rows: list[dict]) -> None:
+def _write_table(path: str, rows: list[dict]) -> None:
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, SCHEMA) as writer:
+    with atomic_file(path, "wb") as fh, ipc.new_file(fh, SCHEMA) as writer:
         writer.write_table(table, max_chunksize=256)
-    os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def task_for(recipe, stage: str, source: str, unit: str, cache_dir: Path) -> UnitTask:
@@ -177,7 +212,3 @@ def task_for(recipe, stage: str, source: str, unit: str, cache_dir: Path) -> Uni
     folder.mkdir(parents=True, exist_ok=True)
     return UnitTask(recipe_file=recipe.file, recipe_raw=recipe.raw, stage=stage, source=source,
                     unit=unit, path=str(folder / key))
-
-
-def as_dict(task: UnitTask) -> dict:
-    return asdict(task)

@@ -7,7 +7,6 @@ plan for it is unchanged. A shard without a sidecar is rewritten: the bytes are 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from ..shards import PackedSequence, write_shard
+from ..storage import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,6 @@ class ShardTask:
     plan_hash: str
     first_index: int
     sequences: list          # per sequence: [(source, unit cache path, row)]
-    key_prefix: str
 
 
 def sidecar(out_dir: str | Path, name: str) -> Path:
@@ -59,8 +58,7 @@ class _Tables:
 _TABLES = _Tables()
 
 
-def assemble(key: str, docs: list[tuple[str, str, int]], sample_ids: list[str] | None = None
-             ) -> PackedSequence:
+def assemble(key: str, docs: list[tuple[str, str, int]]) -> PackedSequence:
     """Concatenate a sequence's documents: tokens, loss, offsets, images in token order."""
     tokens, loss, offsets, images, doc_meta, image_meta = [], [], [0], [], [], []
     for doc_index, (source, path, row) in enumerate(docs):
@@ -86,12 +84,9 @@ def write_shard_task(task: ShardTask) -> dict:
     done = finished(task)
     if done is not None:
         return done["info"]
-    sequences = (assemble(f"{task.key_prefix}{task.first_index + i:09d}", docs)
+    sequences = (assemble(f"{task.first_index + i:09d}", docs)
                  for i, docs in enumerate(task.sequences))
-    info = write_shard(Path(task.out_dir) / task.name, sequences)
-    info_json = asdict(info) if hasattr(info, "__dataclass_fields__") else dict(info)
-    payload = {"plan_hash": task.plan_hash, "info": info_json}
-    tmp = sidecar(task.out_dir, task.name).with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, sort_keys=True))
-    os.replace(tmp, sidecar(task.out_dir, task.name))
-    return info_json
+    info = asdict(write_shard(Path(task.out_dir) / task.name, sequences))
+    write_json_atomic(sidecar(task.out_dir, task.name), {"plan_hash": task.plan_hash,
+                                                         "info": info}, indent=None)
+    return info

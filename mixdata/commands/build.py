@@ -14,8 +14,12 @@ def register(sub) -> None:
                     "OUT/.prepare, so re-runs and re-mixes skip finished units), plan the exact "
                     "mixture and packing from lengths alone, and write shards atomically. "
                     "Prints a summary table: shares realised against target, packing "
-                    "efficiency and rejects by reason. Output per stage: shard-*.tar, "
-                    "manifest.json, rejects.jsonl, timings.json.")
+                    "efficiency, rejects and unused records by reason. Damaged input units and "
+                    "malformed records are counted rejects (rejects.jsonl), never a crash; a "
+                    "source rejecting more than its max_reject_ratio (default 0.5) stops the "
+                    "build, and every build checks read = written + rejected + unused per "
+                    "source. Output per stage: shard-*.tar, manifest.json, rejects.jsonl, "
+                    "timings.json.")
     parser.add_argument("recipe", help="path to a recipe YAML file")
     parser.add_argument("--stage", default="all",
                         help="stage name to build, or 'all' (default) for every stage in order")
@@ -25,6 +29,10 @@ def register(sub) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="worker processes for the prepare and write phases "
                              "(default: min(4, CPU count)); output is identical for any value")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first rejected record or damaged unit, naming it "
+                             "(default: rejects are counted, and a build stops only when a "
+                             "source rejects more than its max_reject_ratio)")
     parser.add_argument("--json", action="store_true", help="print the manifests as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
@@ -35,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..building import build_stage
     from ..building.report import summary_table
+    from ..manifest import read_manifest
     from ..recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -44,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             out = Path(args.out) / stage if args.stage == "all" else Path(args.out)
         folder = build_stage(recipe, stage, out=out, workers=args.workers,
-                             progress=not args.quiet)
-        manifest = json.loads((folder / "manifest.json").read_text())
+                             progress=not args.quiet, strict=args.strict)
+        manifest = read_manifest(folder)
         if args.json:
-            print(json.dumps(manifest, indent=1, sort_keys=True))
+            print(json.dumps(manifest.to_json(), indent=1, sort_keys=True))
         else:
             print(summary_table(manifest))
             print(f"wrote {folder}")

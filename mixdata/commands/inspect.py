@@ -16,7 +16,8 @@ def register(sub) -> None:
                     "document's text, and a legend. --html writes the same as a web page "
                     "(hover a token to read it).")
     parser.add_argument("dir", help="shard folder (with manifest.json)")
-    parser.add_argument("--index", type=int, default=0, help="sequence index in the stage (default 0)")
+    parser.add_argument("--index", type=int, default=0,
+                        help="sequence index in the stage (default 0)")
     parser.add_argument("--width", type=int, default=400,
                         help="characters of text shown per document (default 400; 0 = all)")
     parser.add_argument("--png", metavar="FILE", default=None,
@@ -26,21 +27,21 @@ def register(sub) -> None:
     parser.set_defaults(run=run)
 
 
-def find_sequence(folder: str, manifest: dict, index: int):
+def find_sequence(folder: str, manifest, index: int):
     from ..errors import MixdataError
     from ..shards import iter_shard
     from ..storage import open_binary
 
-    total = sum(s["samples"] for s in manifest["shards"])
-    if not 0 <= index < total:
-        raise MixdataError(f"--index {index} is out of range: the stage has {total} sequences")
-    for shard in manifest["shards"]:
-        if index < shard["samples"]:
-            with open_binary(f"{folder.rstrip('/')}/{shard['name']}") as fh:
+    if not 0 <= index < manifest.samples:
+        raise MixdataError(f"--index {index} is out of range: the stage has "
+                           f"{manifest.samples} sequences")
+    for shard in manifest.shards:
+        if index < shard.samples:
+            with open_binary(f"{folder.rstrip('/')}/{shard.name}") as fh:
                 for i, seq in enumerate(iter_shard(fh)):
                     if i == index:
-                        return shard["name"], seq
-        index -= shard["samples"]
+                        return shard.name, seq
+        index -= shard.samples
     raise MixdataError("manifest and shards disagree; rebuild the stage")
 
 
@@ -68,16 +69,27 @@ def print_text(seq, tok, width: int) -> None:
               f"tokens [{image['span'][0]}:{image['span'][1]})")
 
 
+def load_manifest_tokenizer(manifest):
+    """The tokenizer the build used; for a model family, the model folder with the tokens
+    the build added, so they decode by name."""
+    from ..tokens import load_tokenizer
+
+    dialect = manifest.dialect
+    if dialect.family == "mixdata":
+        return load_tokenizer(dialect.tokenizer)
+    return load_tokenizer(dialect.tokenizer, family=dialect.family,
+                          add_tokens=bool(dialect.added_tokens))
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..shards import read_manifest
-    from ..tokens import load_tokenizer
+    from ..manifest import read_manifest
 
     manifest = read_manifest(args.dir)
-    tok = load_tokenizer(manifest["tokenizer"]["identity"])
+    tok = load_manifest_tokenizer(manifest)
     name, seq = find_sequence(args.dir, manifest, args.index)
-    title = summary(args.index, name, seq, manifest["seq_len"])
+    title = summary(args.index, name, seq, manifest.seq_len)
     print(title)
     print_text(seq, tok, args.width)
     if args.png or args.html:
@@ -85,11 +97,11 @@ def run(args: argparse.Namespace) -> int:
 
         heading = f"{Path(args.dir.rstrip('/')).name}: {title}"
         if args.png:
-            picture = draw_sequence(seq, tok, manifest["seq_len"], title=heading,
+            picture = draw_sequence(seq, tok, manifest.seq_len, title=heading,
                                     text_width=args.width)
             picture.save(args.png)
             print(f"wrote {args.png} ({picture.image.width}x{picture.image.height})")
         if args.html:
-            Path(args.html).write_text(sequence_html(seq, tok, manifest["seq_len"], title=heading))
+            Path(args.html).write_text(sequence_html(seq, tok, manifest.seq_len, title=heading))
             print(f"wrote {args.html}")
     return 0

@@ -182,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
     from ..sources import open_source
 
     recipe = load_recipe(args.recipe)
+    if recipe.demo is not None:
+        recipe.demo.ensure()
     reports = []
     for name in select_sources(recipe, args.stage, args.source):
         source = open_source(recipe.sources[name])

@@ -13,18 +13,20 @@ def register(sub) -> None:
                     "written / rejected / unused, epochs, packing efficiency and rejects by "
                     "reason.")
     parser.add_argument("dir", help="shard folder, manifest.json path or URL")
-    parser.add_argument("--json", action="store_true", help="print the manifest's accounting as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print the manifest's accounting as JSON")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..building.report import summary_table
-    from ..shards import read_manifest
+    from ..manifest import read_manifest
 
     manifest = read_manifest(args.dir)
     if args.json:
-        keys = ("stage", "sources", "packing", "mixture", "shards")
-        print(json.dumps({k: manifest[k] for k in keys}, indent=1, sort_keys=True))
+        keys = ("stage", "sources", "packing", "mixture", "shards", "run")
+        data = manifest.to_json()
+        print(json.dumps({k: data[k] for k in keys}, indent=1, sort_keys=True))
     else:
         print(summary_table(manifest))
     return 0

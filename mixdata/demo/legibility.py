@@ -48,7 +48,7 @@ def glyph_patch(views: np.ndarray, plan, scale: float, glyph_px: int,
     cy, cx = (ink * ys).sum() / total, (ink * xs).sum() / total
     half = max(1, int(np.ceil(glyph_px * scale / 2)) + 1)
     padded = np.pad(ink, half)
-    top, left = int(round(cy)), int(round(cx))
+    top, left = round(cy), round(cx)
     patch = padded[top:top + 2 * half, left:left + 2 * half].ravel()
     norm = np.linalg.norm(patch)
     return patch / norm if norm else patch

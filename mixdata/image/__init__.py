@@ -7,13 +7,28 @@
 - `probe`: (width, height, format) from the header only.
 """
 from .decode import probe
-from .layout import image_token_count, layout, special_tokens
-from .plan import ImagePlan, plan, plan_for
+from .placeholders import image_token_count, layout, special_tokens
+from .planning import ImagePlan, ViewLimits, plan, plan_for, view_limits
 from .policy import PRESETS, ImagePolicy
 from .presets import DEFAULTS
-from .process import ProcessedImage, process
+from .processing import ProcessedImage, process
 from .tiles import cut_tiles, tiles_from_image
 
-__all__ = ["DEFAULTS", "PRESETS", "ImagePlan", "ImagePolicy", "ProcessedImage", "cut_tiles",
-           "image_token_count", "layout", "plan", "plan_for", "probe", "process",
-           "special_tokens", "tiles_from_image"]
+__all__ = [
+           "DEFAULTS",
+           "PRESETS",
+           "ImagePlan",
+           "ImagePolicy",
+           "ProcessedImage",
+           "ViewLimits",
+           "cut_tiles",
+           "image_token_count",
+           "layout",
+           "plan",
+           "plan_for",
+           "probe",
+           "process",
+           "special_tokens",
+           "tiles_from_image",
+           "view_limits",
+]

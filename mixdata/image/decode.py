@@ -66,7 +66,7 @@ def _orientation(image: Image.Image) -> int:
         else:
             exif = image.getexif()
         value = exif.get(0x0112, 1)
-    except Exception:  # a corrupt EXIF block only loses the orientation, not the image
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block only loses the orientation
         return 1
     return value if value in range(1, 9) else 1
 

@@ -5,13 +5,17 @@ Parameters left as None take the reference model's value for the chosen preset (
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from ..config import Invalid
+from .presets import DEFAULTS
 
 Preset = Literal["none", "idefics3", "mm15", "internvl", "llava-next", "qwen2vl"]
 PRESETS: tuple[str, ...] = ("none", "idefics3", "mm15", "internvl", "llava-next", "qwen2vl")
+# Keys every preset takes; the others belong to the presets whose DEFAULTS name them.
+COMMON_KEYS = ("pixel_cap", "max_aspect", "encode", "quality", "mean", "std")
+GEOMETRY_KEYS = frozenset(k for params in DEFAULTS.values() for k in params)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +47,22 @@ class ImagePolicy:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
+    def _check_preset_keys(self) -> None:
+        """A geometry key the chosen preset does not use is an error, not silently ignored."""
+        takes = DEFAULTS.get(self.preset, {})
+        for f in fields(self):
+            if f.name in GEOMETRY_KEYS and f.name not in takes \
+                    and getattr(self, f.name) != f.default:
+                raise Invalid(f.name, getattr(self, f.name),
+                              f"no {f.name} for preset {self.preset!r}, which takes "
+                              + ", ".join(takes) + " (and " + ", ".join(COMMON_KEYS) + ")")
+
+    def to_json(self) -> dict:
+        """The policy as plain JSON (tuples as lists), as the manifest records it."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
     def __post_init__(self) -> None:
+        self._check_preset_keys()
         for name in ("max_side", "min_side", "longest_edge", "tile", "min_tiles", "max_tiles",
                      "min_pixels", "max_pixels", "patch", "pixel_cap"):
             value = getattr(self, name)

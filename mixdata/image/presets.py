@@ -193,11 +193,15 @@ def geometry_mm15(width: int, height: int, *, tile: int, min_tiles: int, max_til
 # --- internvl -----------------------------------------------------------------------------
 
 def _internvl_ratio(width: int, height: int, tile: int, min_tiles: int, max_tiles: int):
-    """(cols, rows) whose cols/rows is closest to W/H; ties go to the larger grid when the
-    image area exceeds half of it (InternVL's find_closest_aspect_ratio, same candidate order)."""
-    candidates = {(i, j) for n in range(min_tiles, max_tiles + 1)
-                  for i in range(1, n + 1) for j in range(1, n + 1)
-                  if min_tiles <= i * j <= max_tiles}
+    """(cols, rows) whose cols/rows is closest to W/H; ties go to the later grid when the
+    image area exceeds half of it.
+
+    This is transformers' GotOcr2 `get_optimal_tiled_canvas`, which InternVL's processor uses:
+    candidates column-major ((1, 1), (1, 2), ...), stably sorted by tile count. InternVL's own
+    `find_closest_aspect_ratio` sorts a set instead, whose order differs on ties.
+    """
+    candidates = [(i, j) for i in range(1, max_tiles + 1) for j in range(1, max_tiles + 1)
+                  if min_tiles <= i * j <= max_tiles]
     aspect, area = width / height, width * height
     best, best_diff = (1, 1), float("inf")
     for i, j in sorted(candidates, key=lambda r: r[0] * r[1]):
@@ -234,7 +238,8 @@ def _best_pinpoint(width: int, height: int, pinpoints) -> tuple[int, int]:
     return best
 
 
-def geometry_llava_next(width: int, height: int, *, tile: int, pinpoints, upscale: bool) -> Geometry:
+def geometry_llava_next(width: int, height: int, *, tile: int, pinpoints,
+                        upscale: bool) -> Geometry:
     """LLaVA-NeXT anyres: fit into the best pinpoint, pad centred, base image first."""
     _positive(tile=tile)
     if not pinpoints or any(p <= 0 or p % tile for pin in pinpoints for p in pin):
@@ -260,8 +265,10 @@ def geometry_qwen2vl(width: int, height: int, *, patch: int, min_pixels: int, ma
     No tiles: one view of its own size, with (h / patch) * (w / patch) placeholders.
     """
     _positive(patch=patch, min_pixels=min_pixels, max_pixels=max_pixels)
-    h = max(patch, round(height / patch) * patch)
-    w = max(patch, round(width / patch) * patch)
+    # a side under patch / 2 rounds to 0 here, as in the reference: the min_pixels branch
+    # then scales both sides up together, which keeps the aspect ratio
+    h = round(height / patch) * patch
+    w = round(width / patch) * patch
     if h * w > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
         h = max(patch, math.floor(height / beta / patch) * patch)

@@ -1,19 +1,19 @@
 """`mixdata.load`: stream built shards into PyTorch with equal work per rank and exact resume.
 
-Modules: `order` (pure order arithmetic: shard permutations, rank and stream ranges, shuffle
-order, mixture pattern), `reader` (streaming shards with fault handling), `collate` (pure
-sequences -> batch, pixel normalisation), `dataset` (the IterableDataset and its state).
+Modules: `order` (pure order arithmetic: shard permutations, the world-size-independent
+lanes and steps, shuffle order, mixture pattern), `reader` (streaming shards with fault
+handling), `collate` (pure sequences -> batch, pixel normalisation), `dataset` (the
+IterableDataset and its state).
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
+import torch.distributed as dist
 
-from ..config import parse
 from ..errors import MixdataError
-from ..image import ImagePolicy, plan_for
-from ..shards import locate_manifest, read_manifest
+from ..manifest import Manifest, locate_manifest, read_manifest
 from .collate import BatchSpec, normalize_pixels
 from .dataset import LoadConfig, MixdataDataset, MixdataLoader
 from .order import Component, mixture_pattern
@@ -25,7 +25,8 @@ __all__ = ["BatchSpec", "LoadConfig", "MixdataDataset", "MixdataLoader", "load",
 def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1000,
          epochs: int | None = None, rank: int | None = None, world_size: int | None = None,
          drop_last: bool = True, weights: list[float] | None = None, max_failures: int = 16,
-         streams: int | None = None) -> MixdataDataset:
+         streams: int | None = None, canonical_ranks: int | None = None,
+         approximate_resume: bool = False) -> MixdataDataset:
     """An IterableDataset of this rank's batches over one or several built stages.
 
     - `path_or_url`: a shard folder, a `manifest.json`, or any fsspec URL of either (local,
@@ -36,9 +37,15 @@ def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1
       held per rank for it (0: no shuffle); `epochs=None` streams forever.
     - `rank` / `world_size` default to torch.distributed, else $RANK / $WORLD_SIZE, else 0 / 1.
     - `drop_last`: see `loading.order.Split`; `max_failures`: failures in a row before raising.
-    - `streams`: how many contiguous streams each rank's share is read as; the batch order
-      depends on it and any DataLoader worker count dividing it gives that same order.
-      Default: the worker count of `ds.loader()` or of the DataLoader.
+    - `streams`: how many contiguous streams each canonical rank's share is read as; the
+      batch order depends on it and any DataLoader worker count dividing it gives that same
+      order. Default: the worker count of `ds.loader()` or of the DataLoader.
+    - `canonical_ranks`: the world sizes the batch order is laid out for (default: this
+      world size). Global batch k is the same sequences under every world size dividing it
+      (with the same global batch, `batch_size x world_size`), so a state resumes exactly on
+      more or fewer ranks; see `loading.order`. A state taken with other canonical ranks or
+      another global batch is refused, unless `approximate_resume=True` (then its epoch
+      restarts at the same fraction, see `loading.dataset`).
     """
     urls = [path_or_url] if isinstance(path_or_url, (str, os.PathLike)) else list(path_or_url)
     if not urls:
@@ -47,9 +54,10 @@ def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1
     spec = batch_spec(manifests, [str(u) for u in urls])
     config = LoadConfig(batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer,
                         epochs=epochs, drop_last=drop_last, streams=streams,
-                        max_failures=max_failures)
+                        max_failures=max_failures, canonical_ranks=canonical_ranks,
+                        approximate_resume=approximate_resume)
     components = [Component(folder=locate_manifest(url)[0], seed=seed + index,
-                            shards=tuple((s["name"], int(s["samples"])) for s in m["shards"]))
+                            shards=tuple((s.name, s.samples) for s in m.shards))
                   for index, (url, m) in enumerate(zip(urls, manifests))]
     for url, component in zip(urls, components):
         if component.samples == 0:
@@ -74,8 +82,6 @@ def _pattern(components: list[Component], weights, seed: int) -> np.ndarray | No
 
 def placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """(rank, world size): given, else torch.distributed, else $RANK/$WORLD_SIZE, else 0/1."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         found = (dist.get_rank(), dist.get_world_size())
     else:
@@ -84,35 +90,31 @@ def placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
             found[1] if world_size is None else world_size)
 
 
-_SPEC_KEYS = ("seq_len", "image_tokens_per_tile", "tokenizer", "image_policy")
-
-
-def batch_spec(manifests: list[dict], urls: list[str]) -> BatchSpec:
+def batch_spec(manifests: list[Manifest], urls: list[str]) -> BatchSpec:
     """What batching needs from the manifests, which must agree when several are mixed."""
-    specs = []
-    for manifest, url in zip(manifests, urls):
-        missing = [key for key in _SPEC_KEYS if key not in manifest]
-        if missing:
-            raise MixdataError(f"{url}: the manifest lacks {missing}; rebuild the stage")
-        specs.append(_one_spec(manifest, url))
-        if specs[-1] != specs[0]:
-            raise MixdataError(f"{url} does not batch like {urls[0]}: {specs[-1]} vs {specs[0]}")
-    tokenizers = {str(m["tokenizer"].get("sha256")) for m in manifests}
+    specs = [_one_spec(manifest, url) for manifest, url in zip(manifests, urls)]
+    for spec, url in zip(specs, urls):
+        if spec != specs[0]:
+            raise MixdataError(f"{url} does not batch like {urls[0]}: {spec} vs {specs[0]}")
+    tokenizers = {m.dialect.tokenizer_sha256 for m in manifests}
     if len(tokenizers) > 1:
         raise MixdataError(f"the datasets were tokenized differently ({sorted(tokenizers)})")
     return specs[0]
 
 
-def _one_spec(manifest: dict, url: str) -> BatchSpec:
-    specials = manifest["tokenizer"].get("special_ids", {})
-    if "<pad>" not in specials or "<image>" not in specials:
-        raise MixdataError(f"{url}: tokenizer.special_ids lacks <pad> or <image>")
-    policy = parse(ImagePolicy, manifest["image_policy"], "image_policy", file=url)
-    if policy.preset == "qwen2vl":
-        raise MixdataError(f"{url}: image preset qwen2vl makes views of varying size; the "
-                           "loader batches square T x T views only")
-    return BatchSpec(seq_len=int(manifest["seq_len"]), pad_id=int(specials["<pad>"]),
-                     image_id=int(specials["<image>"]),
-                     tokens_per_tile=int(manifest["image_tokens_per_tile"]),
-                     tile=plan_for(1024, 768, policy).tile,
-                     mean=tuple(policy.mean), std=tuple(policy.std))
+def _one_spec(manifest: Manifest, url: str) -> BatchSpec:
+    geometry, dialect = manifest.geometry, manifest.dialect
+    if dialect.placeholders == "image":
+        raise MixdataError(
+            f"{url}: shards in the {dialect.family} dialect hold one run of image tokens per "
+            f"image, counted per image by {dialect.family}'s processor rather than per view; the "
+            f"default collate needs one run per view, so a {dialect.family} collate is needed "
+            f"(collate={dialect.family!r})")
+    if geometry.tile is None:
+        raise MixdataError(f"{url}: image preset {geometry.preset} makes views of varying "
+                           "size; the loader batches square T x T views only")
+    # InternVL's dialect writes an image's views as one run, view after view ("runs")
+    return BatchSpec(seq_len=manifest.seq_len, pad_id=dialect.pad_id, image_id=dialect.image_id,
+                     tokens_per_tile=geometry.tokens_per_view, tile=geometry.tile,
+                     mean=tuple(geometry.mean), std=tuple(geometry.std),
+                     views_in_runs=dialect.placeholders == "runs")

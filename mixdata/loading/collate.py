@@ -28,8 +28,8 @@ import torch
 
 from ..errors import RecordRejected
 from ..image import ImagePlan
+from ..image.placeholders import tokens_per_view
 from ..image.tiles import check_size, cut_tiles, processed_size, view_shape
-from ..image.layout import tokens_per_view
 from ..shards import PackedSequence, ShardError
 
 
@@ -44,6 +44,9 @@ class BatchSpec:
     tile: int  # view side, for the [0, 3, T, T] pixel_values of a batch without images
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # InternVL's dialect writes an image's views as one run of image tokens, view after view:
+    # such a run is split into runs of tokens_per_tile (exact: the model fills them in order)
+    views_in_runs: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,18 @@ def placeholder_runs(tokens: np.ndarray, start: int, end: int, image_id: int) ->
     return edges.reshape(-1, 2) + start
 
 
+def split_runs(runs: np.ndarray, size: int) -> np.ndarray:
+    """[k, 2] runs cut into consecutive runs of `size`; a run that is not a multiple of it is
+    kept whole (the caller's count check then rejects it)."""
+    out = []
+    for start, end in runs.tolist():
+        if (end - start) % size:
+            out.append((start, end))
+        else:
+            out += [(a, a + size) for a in range(start, end, size)]
+    return np.asarray(out, np.int64).reshape(-1, 2)
+
+
 def cut_row(seq: PackedSequence, spec: BatchSpec) -> Row:
     """Check every image of `seq` (plan, header size) and its views against its placeholders.
 
@@ -97,6 +112,8 @@ def cut_row(seq: PackedSequence, spec: BatchSpec) -> Row:
                              f"{shape[2]}x{shape[1]} px, the stage's tile is {spec.tile}")
         runs = placeholder_runs(seq.tokens, start, end, spec.image_id)
         per_view = tokens_per_view(plan, spec.tokens_per_tile)
+        if spec.views_in_runs:
+            runs = split_runs(runs, per_view)
         if len(runs) != shape[0] or np.any(runs[:, 1] - runs[:, 0] != per_view):
             raise ShardError(f"sample {seq.key!r}: an image of {shape[0]} views has "
                              f"placeholder runs {(runs[:, 1] - runs[:, 0]).tolist()}, "

@@ -1,5 +1,5 @@
 """Source adapters: read real public formats into canonical Samples."""
-from .base import Source, SourceStats
-from .registry import ADAPTERS, adapter_class, open_source
+from .base import Source
+from .registry import FORMATS, adapter_class, open_source
 
-__all__ = ["ADAPTERS", "Source", "SourceStats", "adapter_class", "open_source"]
+__all__ = ["FORMATS", "Source", "adapter_class", "open_source"]

@@ -8,40 +8,11 @@ I/O; adapters stream and never hold a whole tar or parquet file in memory.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from ..errors import Reject
 from ..sample import Sample
 from ..storage import RetryCounter
-
-
-@dataclass
-class SourceStats:
-    """Counters an adapter keeps while reading; the build merges them per source."""
-
-    read: int = 0
-    yielded: int = 0
-    rejected: Counter = field(default_factory=Counter)
-    retries: int = 0
-
-    def count(self, item: Sample | Reject) -> None:
-        self.read += 1
-        if isinstance(item, Reject):
-            self.rejected[item.reason] += 1
-        else:
-            self.yielded += 1
-
-    def merge(self, other: "SourceStats") -> None:
-        self.read += other.read
-        self.yielded += other.yielded
-        self.rejected.update(other.rejected)
-        self.retries += other.retries
-
-    def to_json(self) -> dict:
-        return {"read": self.read, "yielded": self.yielded,
-                "rejected": dict(sorted(self.rejected.items())), "retries": self.retries}
 
 
 class Source(ABC):

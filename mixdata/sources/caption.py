@@ -16,8 +16,17 @@ import fsspec
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Sample, TextPart
 from ..storage import exists, expand, read_bytes
-from .records import (RecordSource, base_dir, file_stem, parquet_rows, parquet_units,
-                      parse_json, require, score_fields, text_lines)
+from .records import (
+    RecordSource,
+    base_dir,
+    file_stem,
+    parquet_rows,
+    parquet_units,
+    parse_json,
+    require,
+    score_fields,
+    text_lines,
+)
 from .tario import group_members, iter_tar_groups
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -132,6 +141,9 @@ class Img2DatasetSource(RecordSource):
         stem, seen = file_stem(unit), set()
         for key, members, locator in groups:
             seen.add(posixpath.basename(key))
+            if isinstance(members, RecordRejected):
+                yield self.reject(locator, members.reason, members.message)
+                continue
             yield self.guard(locator, lambda: self._sample(members, f"{stem}-{key}", locator))
         shard = next((unit.removesuffix(s) for s in _TAR_SUFFIXES if unit.endswith(s)),
                      unit.rstrip("/"))
@@ -175,7 +187,8 @@ class Img2DatasetSource(RecordSource):
         stem, path = file_stem(unit), unit.split("#", 1)[0]
         for row, record in parquet_rows(unit, self.counter):
             locator = f"{path}#row={row}"
-            yield self.guard(locator, lambda: self._parquet_sample(record, f"{stem}-{row}", locator))
+            yield self.guard(locator, lambda: self._parquet_sample(record, f"{stem}-{row}",
+                                                                   locator))
 
     def record_sample(self, record: dict, sample_id: str, locator: str) -> Sample:
         """One parquet-layout row read elsewhere (the `hf` adapter)."""
@@ -217,7 +230,8 @@ def _is_header(line: str) -> bool:
 
 
 class UrlParquetSource(RecordSource):
-    """LAION (`URL, TEXT, similarity, punsafe, ...`) and DataComp (`uid, url, text, ...`) parquet."""
+    """LAION (`URL, TEXT, similarity, punsafe, ...`) and DataComp (`uid, url, text, ...`)
+    parquet."""
 
     def units(self) -> list[str]:
         return parquet_units(expand(self.spec.uri), self.counter)

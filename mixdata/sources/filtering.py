@@ -16,10 +16,18 @@ from io import BytesIO
 
 from PIL import Image
 
-from ..errors import RecordRejected, Reject
+from ..errors import RecordRejected, Reject, UnitDamaged
 from ..sample import ImagePart, Sample, TextPart
-from ..text import (char_repetition, clean_text, dedup_text, special_char_ratio, stopword_ratio,
-                    word_count, word_repetition)
+from ..storage import StorageError
+from ..text import (
+    char_repetition,
+    clean_text,
+    dedup_text,
+    special_char_ratio,
+    stopword_ratio,
+    word_count,
+    word_repetition,
+)
 from .options import Filters
 
 # filter name -> (measure, is the limit a maximum?)
@@ -57,7 +65,7 @@ def image_size(data: bytes) -> tuple[int, int]:
                 return image.size
     except Image.DecompressionBombError as err:
         raise RecordRejected("image_bomb", str(err)) from None
-    except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+    except Exception as err:  # noqa: BLE001 - PIL raises UnidentifiedImageError, OSError, ...
         raise RecordRejected("image_format", f"unreadable image header ({err})") from None
 
 
@@ -135,10 +143,21 @@ def check_filters(sample: Sample, filters: Filters) -> tuple[str, str] | None:
             or check_image_sizes(images, filters))
 
 
+def read_unit(source, unit: str) -> Iterator[Sample | Reject]:
+    """`source.read(unit)`, with damage to the unit as its last item: a Reject whose locator
+    names the unit and where reading stopped (`unit_truncated`, `unit_unreachable`, ...)."""
+    try:
+        yield from source.read(unit)
+    except UnitDamaged as err:
+        yield source.reject(err.locator, err.reason, err.message)
+    except StorageError as err:
+        yield source.reject(unit, "unit_unreachable", str(err))
+
+
 def read_clean(source, unit: str) -> Iterator[Sample | Reject]:
-    """`source.read(unit)` with text cleaned and the source's filters applied."""
+    """`read_unit(source, unit)` with text cleaned and the source's filters applied."""
     filters = source.spec.filters
-    for item in source.read(unit):
+    for item in read_unit(source, unit):
         if isinstance(item, Reject):
             yield item
             continue
@@ -170,37 +189,3 @@ def dedup_key(sample: Sample) -> str:
         else:
             digest.update(b"R" + part.ref.encode())
     return digest.hexdigest()
-
-
-class Deduper:
-    """Exact dedup across a stage: the first sample with a given `dedup_key` wins.
-
-    State is the set of keys seen; `state_dict` makes it resumable.
-    """
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-
-    def check(self, sample: Sample) -> bool:
-        """True the first time this content is seen, False for a duplicate."""
-        key = dedup_key(sample)
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
-
-    def filter(self, items, source_name: str = "") -> Iterator[Sample | Reject]:
-        """Pass Rejects through; turn repeated samples into Rejects with reason `duplicate`."""
-        for item in items:
-            if isinstance(item, Sample) and not self.check(item):
-                yield Reject(source=source_name or item.source,
-                             locator=item.meta.get("locator", item.id), reason="duplicate",
-                             message="exact duplicate of an earlier sample")
-            else:
-                yield item
-
-    def state_dict(self) -> dict:
-        return {"seen": sorted(self.seen)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seen = set(state["seen"])

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from ..errors import MixdataError, Reject
 from ..sample import Sample
 from .base import Source
-from .options import FORMAT_OPTIONS
-from .registry import adapter_class
+from .registry import FORMATS, adapter_class
 
 _SHARD = "#shard="
 
@@ -58,7 +57,7 @@ class HfSource(Source):
     def __init__(self, spec) -> None:
         super().__init__(spec)
         fmt = self.options.as_format
-        inner = dataclasses.replace(spec, format=fmt, options=FORMAT_OPTIONS[fmt]())
+        inner = dataclasses.replace(spec, format=fmt, options=FORMATS[fmt].options())
         self.inner = adapter_class(fmt)(inner)  # constructors do no I/O
         if not callable(getattr(self.inner, "record_sample", None)):
             raise MixdataError(f"source {self.name!r}: format {fmt!r} has no record-level "

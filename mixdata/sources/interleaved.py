@@ -12,8 +12,18 @@ from collections.abc import Callable, Iterator
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Part, Sample, TextPart
 from ..storage import expand
-from .records import (RecordSource, TarRecordSource, base_dir, file_stem, jsonl_records,
-                      parquet_rows, parquet_units, parse_json, require, score_fields)
+from .records import (
+    RecordSource,
+    TarRecordSource,
+    base_dir,
+    file_stem,
+    jsonl_records,
+    parquet_rows,
+    parquet_units,
+    parse_json,
+    require,
+    score_fields,
+)
 
 LoadImage = Callable[[object, dict], ImagePart | None]
 OBELICS_COLUMNS = ["images", "texts", "metadata", "general_metadata"]
@@ -192,7 +202,7 @@ class Mmc4Source(RecordSource):
         def load_named(name, meta):
             # the image folder first; the original URL only when the recipe allows fetching
             fallback = [meta["url"]] if meta.get("url") and self.options.fetch else []
-            return load([name] + fallback, meta)
+            return load([name, *fallback], meta)
 
         parts, meta = mmc4_parts(doc, load_named)
         return _document(self.name, sample_id, locator, parts, {"url": doc.get("url"), **meta})

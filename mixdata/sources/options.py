@@ -1,6 +1,7 @@
 """Per-format options a recipe source may set, beside `format`, `uri` and `filters`.
 
-Each format maps to one frozen dataclass; the recipe parser checks a source's keys against it.
+Each format maps to one frozen dataclass (see `registry.FORMATS`); the recipe parser checks a
+source's keys against it. All of them are `SourceOptions`.
 """
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from typing import Literal
 
 
 @dataclass(frozen=True, kw_only=True)
-class NoOptions:
-    pass
+class SourceOptions:
+    """Options of a format that has none of its own; the base of every format's options."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class ImageResolution:
+class ImageResolution(SourceOptions):
     """How an adapter finds images that a record names by URL or path instead of carrying."""
 
     images_root: str | None = None   # local mirror folder (or fsspec URL) of the images
-    image_key: Literal["path", "name", "sha1"] = "name"  # how a ref maps into images_root
+    # How a ref maps into images_root: its relative `path`, its file `name`, or the `sha1` of
+    # the ref. None takes the format's own convention (`registry.FORMATS[...].image_key`).
+    image_key: Literal["path", "name", "sha1"] | None = None
     fetch: bool = False              # fetch refs missing from the mirror through fsspec
 
 
@@ -37,7 +40,7 @@ class CaptionOptions(ImageResolution):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PdfOptions:
+class PdfOptions(SourceOptions):
     dpi: int = 150
     max_page_pixels: int = 25_000_000  # pages that would render larger are rejected
     page_timeout_s: float = 30.0       # pages that render slower are rejected
@@ -47,7 +50,7 @@ class PdfOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TextOptions:
+class TextOptions(SourceOptions):
     text_field: str = "text"
     id_field: str = "id"
 
@@ -58,28 +61,15 @@ class SftOptions(ImageResolution):
 
 
 @dataclass(frozen=True, kw_only=True)
-class HfOptions:
+class HfOptions(SourceOptions):
     """`uri` is the dataset name or local path given to `datasets.load_dataset`."""
 
-    as_format: Literal["obelics", "img2dataset", "laion-parquet", "parquet-text", "cauldron",
-                       "llava", "chat-messages", "renderedtext"]
+    as_format: str   # a format that reads record by record (`registry.record_formats()`)
     name: str | None = None
     split: str = "train"
     data_files: list[str] | None = None
     columns: dict[str, str] = field(default_factory=dict)  # dataset column -> format field
     streaming: bool = True
-
-
-FORMAT_OPTIONS: dict[str, type] = {
-    "obelics": InterleavedOptions, "omnicorpus": InterleavedOptions, "mmc4": InterleavedOptions,
-    "wds-interleaved": NoOptions,
-    "img2dataset": CaptionOptions, "cc3m-tsv": CaptionOptions, "cc12m-tsv": CaptionOptions,
-    "laion-parquet": CaptionOptions, "datacomp-parquet": CaptionOptions,
-    "pdfa-wds": PdfOptions, "idl-wds": PdfOptions, "pdf": PdfOptions, "renderedtext": NoOptions,
-    "parquet-text": TextOptions, "jsonl-text": TextOptions,
-    "cauldron": SftOptions, "llava": SftOptions, "chat-messages": SftOptions,
-    "hf": HfOptions,
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,4 +94,4 @@ class Filters:
     min_images: int | None = None             # per document
     max_images: int | None = None
     scores: dict[str, ScoreRange] = field(default_factory=dict)  # column -> allowed range
-    dedup: bool = False                       # exact dedup by hash of text and image bytes, per stage
+    dedup: bool = False                       # exact dedup by text + image bytes, per stage

@@ -14,7 +14,7 @@ Accounting. The record read is a PDF document, counted page by page:
 - a document that cannot be used as a whole yields exactly one Reject: `pdf_broken`,
   `pdf_encrypted`, `pdf_empty`, `page_count_mismatch` (annotation pages ≠ PDF pages),
   `missing_member`, `bad_json` or `missing_field`.
-So `SourceStats.read` counts the read pages of readable documents plus one per unusable
+So the records read count the read pages of readable documents plus one per unusable
 document, and read = yielded + rejected holds per unit.
 """
 from __future__ import annotations
@@ -174,6 +174,9 @@ class PdfWdsSource(_PdfPages):
         with self.renderer() as renderer:
             stem = file_stem(unit)
             for key, members, locator in iter_tar_groups(unit, self.counter):
+                if isinstance(members, RecordRejected):
+                    yield self.reject(locator, members.reason, members.message)
+                    continue
                 yield from self.document(renderer, members.get("pdf"), f"{stem}-{key}", locator,
                                          members.get("json"), annotated=True)
 

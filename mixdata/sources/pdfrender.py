@@ -25,6 +25,7 @@ import pymupdf
 from PIL import Image
 
 from ..errors import MixdataError, RecordRejected
+from ..lifeline import die_with_parent
 
 JPEG_QUALITY = 90
 STARTUP_TIMEOUT_S = 60.0   # a forked worker answers in milliseconds; spawn takes ~1 s
@@ -54,7 +55,9 @@ def render_page(page, dpi: int, grayscale: bool = False) -> tuple[bytes, int, in
 
 def serve(conn) -> None:
     """The worker loop. Request: `(pdf bytes, [page, ...], dpi, grayscale)`; one reply per
-    page, `{"page", "data", "width", "height"}` or `{"page", "error"}`, until EOF."""
+    page, `{"page", "data", "width", "height"}` or `{"page", "error"}`, until EOF. The worker
+    dies with its parent (the forkserver, which itself ends with the reader's process)."""
+    die_with_parent()
     pymupdf.TOOLS.mupdf_display_errors(False)  # failures travel back as replies instead
     conn.send({"ready": True})
     while True:
@@ -99,7 +102,7 @@ class PageRenderer:
         self.timeout_s, self.dpi, self.grayscale = timeout_s, dpi, grayscale
         self._proc = self._conn = None
 
-    def __enter__(self) -> "PageRenderer":
+    def __enter__(self) -> PageRenderer:
         return self
 
     def __exit__(self, *exc) -> None:

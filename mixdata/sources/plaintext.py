@@ -1,9 +1,10 @@
 """Text-only sources: FineWeb-style parquet, Dolma-style jsonl(.gz/.zst), or any parquet/jsonl
 with a configurable `text_field`.
 
-One row (or line) is one record and one `text` Sample. Ids are `<file stem>-<row>` (parquet:
-row number within the file; jsonl: 1-based line number), so they are unique within a source
-even when the data's own ids repeat; the data's id (`id_field`) is kept in `meta["record_id"]`.
+One row (or line) is one record and one `text` Sample. A record's id is its own (`id_field`,
+FineWeb's and Dolma's `id`), so a reject or packed document traces back to it; a record
+without one is `<file stem>-<row>` (parquet: row number within the file; jsonl: 1-based line
+number). The locator, not the id, is what is unique: data can repeat its own ids.
 Score-like columns (FineWeb's `language_score`, ...) go to `meta["scores"]` for the filters.
 """
 from __future__ import annotations
@@ -13,8 +14,16 @@ from collections.abc import Iterator
 from ..errors import RecordRejected, Reject
 from ..sample import Sample, TextPart
 from ..storage import expand
-from .records import (RecordSource, file_stem, jsonl_records, parquet_rows, parquet_units,
-                      require, score_fields)
+from .records import (
+    RecordSource,
+    file_stem,
+    jsonl_records,
+    own_id,
+    parquet_rows,
+    parquet_units,
+    require,
+    score_fields,
+)
 
 _META_FIELDS = ("url", "source", "dump", "date", "language", "added", "created")
 
@@ -35,12 +44,10 @@ def text_sample(record: dict, options, *, source: str, sample_id: str, locator: 
     """One text record -> a `text` Sample (pure)."""
     text = text_of(record, options.text_field)
     meta = {k: record[k] for k in _META_FIELDS if isinstance(record.get(k), (str, int, float))}
-    if record.get(options.id_field) is not None:
-        meta["record_id"] = str(record[options.id_field])
     meta["scores"] = score_fields(record)
     meta["locator"] = locator
-    return Sample(id=sample_id, source=source, kind="text", parts=(TextPart(text=text),),
-                  meta=meta)
+    return Sample(id=own_id(record, options.id_field, sample_id), source=source, kind="text",
+                  parts=(TextPart(text=text),), meta=meta)
 
 
 class _TextSource(RecordSource):

@@ -1,7 +1,7 @@
 """Helpers shared by the record-oriented adapters (interleaved, caption, ...).
 
-- `RecordSource`: a `Source` with a retry counter, image resolution that turns a miss into
-  the reject reason `image_missing`, and `guard` that turns `RecordRejected` into a `Reject`;
+- `RecordSource`: a `Source` with image resolution that turns a miss into the reject reason
+  `image_missing`, and `guard` that turns `RecordRejected` into a `Reject`;
   `TarRecordSource` reads tars sample by sample through `tario`.
 - Parquet read one row group at a time, with row groups as units (`path#rg=3`) and row
   numbers counted from the start of the file, so ids do not depend on how units are split.
@@ -17,13 +17,16 @@ import re
 import zlib
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import MixdataError, RecordRejected, Reject
+from ..errors import RecordRejected, Reject, UnitDamaged
 from ..sample import ImagePart, Sample
+from ..storage import RetryCounter, StorageError, expand, open_binary, open_text
 from .base import Source
-from ..storage import RetryCounter, expand, open_binary, open_text
+from .registry import FORMATS
 from .resolve import resolve_image
 from .tario import iter_tar_groups
 
@@ -40,11 +43,8 @@ class RecordSource(Source):
 
     def __init__(self, spec) -> None:
         super().__init__(spec)
-        self.counter = RetryCounter()
-
-    @property
-    def retries(self) -> int:
-        return self.counter.retries
+        self.image_key = getattr(self.options, "image_key", None) or \
+            FORMATS[spec.format].image_key or "name"
 
     def guard(self, locator: str, build: Callable[[], Sample]) -> Sample | Reject:
         """`build()`'s Sample, or a Reject carrying the reason it raised."""
@@ -72,17 +72,22 @@ class RecordSource(Source):
     def load_image(self, refs: str | list[str], base_dir: str, meta: dict) -> ImagePart:
         """Resolve the first reference that exists (mirror, path or URL) into image bytes.
 
-        Raises RecordRejected `image_missing` when none resolves. `meta` keeps only set values.
+        Raises RecordRejected `image_missing` when none resolves, `image_unreachable` when a
+        remote one kept failing after its retries. `meta` keeps only set values.
         """
-        errors = []
+        errors, reason = [], "image_missing"
         for ref in [refs] if isinstance(refs, str) else refs:
             try:
-                data = resolve_image(ref, self.options, base_dir, self.counter)
+                data = resolve_image(ref, self.options, base_dir, self.counter, self.image_key)
             except FileNotFoundError as err:
                 errors.append(str(err))
                 continue
+            except StorageError as err:
+                errors.append(str(err))
+                reason = "image_unreachable"
+                continue
             return ImagePart(data=data, meta={k: v for k, v in meta.items() if v is not None})
-        raise RecordRejected("image_missing", "; ".join(errors) or "no image reference")
+        raise RecordRejected(reason, "; ".join(errors) or "no image reference")
 
 
 class TarRecordSource(RecordSource):
@@ -94,6 +99,9 @@ class TarRecordSource(RecordSource):
     def read(self, unit: str) -> Iterator[Sample | Reject]:
         stem = file_stem(unit)
         for key, members, locator in iter_tar_groups(unit, self.counter):
+            if isinstance(members, RecordRejected):
+                yield self.reject(locator, members.reason, members.message)
+                continue
             yield self.guard(locator, lambda: self.record_sample(members, f"{stem}-{key}", locator))
 
     @abstractmethod
@@ -120,6 +128,15 @@ def parse_json(value, field: str):
         raise RecordRejected("bad_json", f"{field}: {err}") from None
 
 
+def own_id(record: dict, field: str, fallback: str) -> str:
+    """The record's own id (`record[field]` as a string) when it has a usable one, else
+    `fallback` (the position-based id)."""
+    value = record.get(field)
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+        return fallback
+    return str(value)
+
+
 def require(record: dict, field: str):
     """`record[field]`, or RecordRejected `missing_field` when absent or null."""
     value = record.get(field)
@@ -139,14 +156,17 @@ def score_fields(record: dict) -> dict[str, float]:
 
 
 def parquet_units(paths: list[str], counter: RetryCounter | None = None) -> list[str]:
-    """One unit per row group: `path#rg=i` (reads only each file's footer)."""
+    """One unit per row group: `path#rg=i` (reads only each file's footer). A file whose footer
+    cannot be read is one unit of its own (the bare path), which then fails as a damaged unit
+    when it is read, so one bad file never stops the listing."""
     units = []
     for path in paths:
-        with open_binary(path, counter) as fh:
-            try:
+        try:
+            with open_binary(path, counter) as fh:
                 groups = pq.ParquetFile(fh).num_row_groups
-            except Exception as err:  # pyarrow raises ArrowInvalid and OSError variants
-                raise MixdataError(f"{path}: not a readable parquet file ({err})") from err
+        except (StorageError, OSError, ValueError, pa.ArrowException):
+            units.append(path)
+            continue
         units.extend(f"{path}{_RG}{i}" for i in range(groups))
     return units
 
@@ -156,36 +176,74 @@ def parquet_rows(unit: str, counter: RetryCounter | None = None,
     """`(row number within the file, row dict)` for one row-group unit (`path#rg=N`) or, given
     a plain path, the whole file; streamed one batch at a time.
 
-    `columns` missing from the file are left out, so the adapter can reject per row.
+    `columns` missing from the file are left out, so the adapter can reject per row. A file
+    that is empty, not parquet, or breaks while being read raises UnitDamaged after the rows
+    before the damage.
     """
     path, group = unit.rsplit(_RG, 1) if _RG in unit else (unit, None)
+    row = 0
     with open_binary(path, counter) as fh:
-        parquet = pq.ParquetFile(fh)
-        groups = None if group is None else [int(group)]
-        row = 0 if group is None else \
-            sum(parquet.metadata.row_group(i).num_rows for i in range(int(group)))
-        present = None if columns is None else \
-            [c for c in columns if c in parquet.schema_arrow.names]
-        for batch in parquet.iter_batches(batch_size=256, row_groups=groups, columns=present):
-            for record in batch.to_pylist():
-                yield row, record
-                row += 1
+        if not fh.peek(1):
+            raise UnitDamaged("unit_empty", unit, "the file is empty (0 bytes)")
+        try:
+            parquet = pq.ParquetFile(fh)
+            groups = None if group is None else [int(group)]
+            row = 0 if group is None else \
+                sum(parquet.metadata.row_group(i).num_rows for i in range(int(group)))
+            present = None if columns is None else \
+                [c for c in columns if c in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(batch_size=256, row_groups=groups,
+                                              columns=present):
+                for record in batch.to_pylist():
+                    yield row, record
+                    row += 1
+        except StorageError:
+            raise
+        except (OSError, ValueError, pa.ArrowException) as err:
+            raise UnitDamaged("unit_unreadable", unit, f"not a readable parquet file "
+                              f"({type(err).__name__}: {err})", where=f"row {row}") from err
+
+
+@contextmanager
+def stream_damage(url: str, where: Callable[[], str]):
+    """Turn the errors of a plain or compressed stream that breaks while being read into
+    UnitDamaged (`where()` says how far reading got): EOFError is a stream cut short, the
+    rest (bad gzip/zstd data, undecodable bytes) an unreadable one."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except EOFError as err:
+        raise UnitDamaged("unit_truncated", url, f"the compressed stream ends early ({err})",
+                          where=where()) from err
+    except (OSError, zlib.error, ValueError) as err:
+        raise UnitDamaged("unit_unreadable", url, f"{type(err).__name__}: {err}",
+                          where=where()) from err
+
+
+def open_unit_text(url: str, counter: RetryCounter | None = None):
+    """`open_text(url)`; a zero-byte file raises UnitDamaged `unit_empty`."""
+    fh = open_text(url, counter)
+    with stream_damage(url, lambda: "byte 0"):
+        empty = not fh.buffer.peek(1)
+    if empty:
+        fh.close()
+        raise UnitDamaged("unit_empty", url, "the file is empty (0 bytes)")
+    return fh
 
 
 def text_lines(url: str, counter: RetryCounter | None = None) -> Iterator[tuple[int, str]]:
     """`(1-based line number, line)` of each non-blank line of a plain or compressed text file.
 
-    A corrupt or truncated compressed stream raises MixdataError naming the file and line.
+    A zero-byte file, or a compressed stream that is corrupt or cut short, raises UnitDamaged
+    naming the line where reading stopped, after the lines before it.
     """
     number = 0
-    try:
-        with open_text(url, counter) as fh:
-            for number, line in enumerate(fh, 1):
-                if line.strip():
-                    yield number, line
-    except (OSError, EOFError, zlib.error) as err:
-        raise MixdataError(f"{url}: unreadable after line {number} "
-                           f"({type(err).__name__}: {err})") from err
+    with open_unit_text(url, counter) as fh, \
+            stream_damage(url, lambda: f"after line {number}"):
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                yield number, line
 
 
 def jsonl_records(url: str, counter: RetryCounter | None = None

@@ -1,38 +1,74 @@
-"""Adapters by format name. Modules are imported lazily so validating a recipe stays cheap."""
+"""The one registry of source formats: format name -> options class, adapter, conventions.
+
+Everything that lists formats reads `FORMATS`: the recipe parser (which options a source may
+set), `open_source` (which adapter reads it), the `hf` adapter (which formats it can read
+record by record) and the image resolution (the format's default `image_key`). Adapter
+modules are imported only when a source of that format is opened, so validating a recipe
+stays cheap.
+"""
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 from .base import Source
+from .options import (
+    CaptionOptions,
+    HfOptions,
+    InterleavedOptions,
+    PdfOptions,
+    SftOptions,
+    SourceOptions,
+    TextOptions,
+)
 
-# format -> "module:Class"
-ADAPTERS: dict[str, str] = {
-    "obelics": "mixdata.sources.interleaved:ObelicsSource",
-    "omnicorpus": "mixdata.sources.interleaved:ObelicsSource",
-    "mmc4": "mixdata.sources.interleaved:Mmc4Source",
-    "wds-interleaved": "mixdata.sources.interleaved:WdsInterleavedSource",
-    "img2dataset": "mixdata.sources.caption:Img2DatasetSource",
-    "cc3m-tsv": "mixdata.sources.caption:TsvCaptionSource",
-    "cc12m-tsv": "mixdata.sources.caption:TsvCaptionSource",
-    "laion-parquet": "mixdata.sources.caption:UrlParquetSource",
-    "datacomp-parquet": "mixdata.sources.caption:UrlParquetSource",
-    "pdfa-wds": "mixdata.sources.pdf:PdfWdsSource",
-    "idl-wds": "mixdata.sources.pdf:PdfWdsSource",
-    "pdf": "mixdata.sources.pdf:RawPdfSource",
-    "renderedtext": "mixdata.sources.pdf:RenderedTextSource",
-    "parquet-text": "mixdata.sources.plaintext:ParquetTextSource",
-    "jsonl-text": "mixdata.sources.plaintext:JsonlTextSource",
-    "cauldron": "mixdata.sources.sft:CauldronSource",
-    "llava": "mixdata.sources.sft:LlavaSource",
-    "chat-messages": "mixdata.sources.sft:ChatMessagesSource",
-    "hf": "mixdata.sources.hf:HfSource",
+
+@dataclass(frozen=True)
+class Format:
+    options: type[SourceOptions]
+    adapter: str                 # "module:Class"
+    image_key: str | None = None  # how its records name images under images_root, if they do
+    by_record: bool = False       # offers record_sample(record, id, locator): readable via hf
+
+
+FORMATS: dict[str, Format] = {
+    "obelics": Format(InterleavedOptions, "mixdata.sources.interleaved:ObelicsSource", "name",
+                      by_record=True),
+    "omnicorpus": Format(InterleavedOptions, "mixdata.sources.interleaved:ObelicsSource", "name"),
+    "mmc4": Format(InterleavedOptions, "mixdata.sources.interleaved:Mmc4Source", "name"),
+    "wds-interleaved": Format(SourceOptions, "mixdata.sources.interleaved:WdsInterleavedSource"),
+    "img2dataset": Format(CaptionOptions, "mixdata.sources.caption:Img2DatasetSource", "name",
+                          by_record=True),
+    "cc3m-tsv": Format(CaptionOptions, "mixdata.sources.caption:TsvCaptionSource", "name"),
+    "cc12m-tsv": Format(CaptionOptions, "mixdata.sources.caption:TsvCaptionSource", "name"),
+    "laion-parquet": Format(CaptionOptions, "mixdata.sources.caption:UrlParquetSource", "name",
+                            by_record=True),
+    "datacomp-parquet": Format(CaptionOptions, "mixdata.sources.caption:UrlParquetSource", "name"),
+    "pdfa-wds": Format(PdfOptions, "mixdata.sources.pdf:PdfWdsSource"),
+    "idl-wds": Format(PdfOptions, "mixdata.sources.pdf:PdfWdsSource"),
+    "pdf": Format(PdfOptions, "mixdata.sources.pdf:RawPdfSource"),
+    "renderedtext": Format(SourceOptions, "mixdata.sources.pdf:RenderedTextSource",
+                           by_record=True),
+    "parquet-text": Format(TextOptions, "mixdata.sources.plaintext:ParquetTextSource",
+                           by_record=True),
+    "jsonl-text": Format(TextOptions, "mixdata.sources.plaintext:JsonlTextSource"),
+    "cauldron": Format(SftOptions, "mixdata.sources.sft:CauldronSource", "path", by_record=True),
+    "llava": Format(SftOptions, "mixdata.sources.sft:LlavaSource", "path", by_record=True),
+    "chat-messages": Format(SftOptions, "mixdata.sources.sft:ChatMessagesSource", "path",
+                            by_record=True),
+    "hf": Format(HfOptions, "mixdata.sources.hf:HfSource"),
 }
 
 
+def record_formats() -> list[str]:
+    """Formats the `hf` adapter can read row by row (its `as_format`)."""
+    return [name for name, fmt in FORMATS.items() if fmt.by_record]
+
+
 def adapter_class(fmt: str) -> type[Source]:
-    if fmt not in ADAPTERS:
-        raise KeyError(f"no adapter for format {fmt!r}; known: {', '.join(sorted(ADAPTERS))}")
-    module, cls = ADAPTERS[fmt].split(":")
+    if fmt not in FORMATS:
+        raise KeyError(f"no adapter for format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
+    module, cls = FORMATS[fmt].adapter.split(":")
     return getattr(importlib.import_module(module), cls)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 
-from ..storage import RetryCounter, read_bytes, resolve_demo
+from ..storage import RetryCounter, read_bytes
 
 
 def mirror_key(ref: str, image_key: str) -> str:
@@ -21,11 +21,11 @@ def mirror_key(ref: str, image_key: str) -> str:
     return ref.split("://", 1)[-1].lstrip("/")
 
 
-def candidates(ref: str, options, base_dir: str) -> list[str]:
+def candidates(ref: str, options, base_dir: str, image_key: str = "name") -> list[str]:
     root = getattr(options, "images_root", None)
     out = []
     if root:
-        out.append(posixpath.join(resolve_demo(root), mirror_key(ref, options.image_key)))
+        out.append(posixpath.join(root, mirror_key(ref, image_key)))
     if "://" in ref:
         if getattr(options, "fetch", False) or ref.startswith("file://"):
             out.append(ref)
@@ -36,8 +36,11 @@ def candidates(ref: str, options, base_dir: str) -> list[str]:
     return out
 
 
-def resolve_image(ref: str, options, base_dir: str, counter: RetryCounter | None = None) -> bytes:
-    tried = candidates(ref, options, base_dir)
+def resolve_image(ref: str, options, base_dir: str, counter: RetryCounter | None = None,
+                  image_key: str = "name") -> bytes:
+    """The bytes of `ref`; FileNotFoundError naming what was tried when nothing has it, and
+    StorageError when a remote candidate keeps failing."""
+    tried = candidates(ref, options, base_dir, image_key)
     for url in tried:
         try:
             return read_bytes(url, counter)

@@ -18,9 +18,19 @@ from collections.abc import Callable, Iterator
 
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Part, Sample, TextPart
-from ..storage import RetryCounter, expand, open_text
-from .records import (RecordSource, base_dir, file_stem, jsonl_records, parquet_rows,
-                      parquet_units, require)
+from ..storage import RetryCounter, expand
+from .records import (
+    RecordSource,
+    base_dir,
+    file_stem,
+    jsonl_records,
+    open_unit_text,
+    own_id,
+    parquet_rows,
+    parquet_units,
+    require,
+    stream_damage,
+)
 
 LoadImage = Callable[[object, dict], ImagePart]
 IMAGE_TAG = "<image>"
@@ -157,11 +167,14 @@ def sft_sample(parts: list[Part], *, source: str, sample_id: str, locator: str,
 def json_records(url: str, counter: RetryCounter | None = None
                  ) -> Iterator[tuple[str, dict | RecordRejected]]:
     """`(position, object or RecordRejected)` from a JSON array (`item=i`, streamed element by
-    element) or from JSON lines (`line=n`); the first non-blank character decides."""
-    with open_text(url, counter) as fh:
+    element) or from JSON lines (`line=n`); the first non-blank character decides. A damaged
+    stream raises UnitDamaged after the records before the damage."""
+    position = "the start"
+    with open_unit_text(url, counter) as fh, stream_damage(url, lambda: f"after {position}"):
         head = fh.read(_CHUNK)
         if head.lstrip().startswith("["):
-            yield from _array_elements(fh, head)
+            for position, record in _array_elements(fh, head):
+                yield position, record
             return
     for line, record in jsonl_records(url, counter):
         yield f"line={line}", record
@@ -200,10 +213,11 @@ class _SftSource(RecordSource):
     PARTS: Callable[[dict, LoadImage], list[Part]]
 
     def record_sample(self, record: dict, sample_id: str, locator: str, folder: str = "") -> Sample:
+        """`sample_id` names a record without an `id` of its own; one with an id keeps it,
+        so rejects and packed documents trace back to the id the user has."""
         parts = type(self).PARTS(record, self.loader(folder))
-        meta = {"record_id": str(record["id"])} if record.get("id") is not None else {}
-        return sft_sample(parts, source=self.name, sample_id=sample_id, locator=locator,
-                          meta=meta)
+        return sft_sample(parts, source=self.name, sample_id=own_id(record, "id", sample_id),
+                          locator=locator)
 
 
 class CauldronSource(_SftSource):

@@ -1,6 +1,7 @@
 """Tokenizers with mixdata's special tokens: the built-in byte tokenizer and HF tokenizer.json.
 
-Both expose the same small interface (`Tokenizer`). Special tokens are never produced by
+Both expose the same small interface (`Tokenizer`), as does a model folder's own tokenizer
+(`mixdata.tokens.hf.ModelTokenizer`, the model dialect). Special tokens are never produced by
 `encode`: text that happens to spell `<image>` or `<s>` stays text, so a source cannot inject
 placeholders or document boundaries. Only `render` places specials, by id.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+
+import tokenizers
 
 from ..errors import MixdataError
 from ..image import special_tokens
@@ -34,8 +37,7 @@ class Tokenizer:
 
     Subclasses set `identity` (what the manifest names: "bytes" or the tokenizer.json path),
     `special_ids` (name -> id for every special), `vocab_size` (ids are < vocab_size) and
-    `sha256` (of the vocabulary including specials). Pickling sends only the spec: the
-    receiving process rebuilds the tokenizer with `load_tokenizer(spec)`.
+    `sha256` (of the vocabulary including specials). Pickling sends only what rebuilds it.
     """
 
     spec: str
@@ -76,7 +78,7 @@ class Tokenizer:
         return self.special_ids[IMAGE]
 
     def __reduce__(self):
-        return load_tokenizer, (self.spec,)
+        raise NotImplementedError  # each tokenizer pickles as the arguments that rebuild it
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.identity!r}, vocab_size={self.vocab_size})"
@@ -99,6 +101,9 @@ class ByteTokenizer(Tokenizer):
         self.sha256 = _digest({"format": HASH_FORMAT, "model": "bytes",
                                "specials": self.special_ids})
 
+    def __reduce__(self):
+        return ByteTokenizer, ()
+
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
@@ -119,11 +124,9 @@ class HFTokenizer(Tokenizer):
     """A HF `tokenizers` tokenizer.json, with mixdata's specials added where missing."""
 
     def __init__(self, spec: str, path: Path) -> None:
-        from tokenizers import Tokenizer as _HF
-
-        self.spec, self.identity = spec, str(path)
+        self.spec, self.identity, self.path = spec, str(path), path
         try:
-            tok = _HF.from_file(str(path))
+            tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:  # the tokenizers library raises bare Exceptions on bad files
             raise MixdataError(f"tokenizer {spec!r}: {path} is not a valid tokenizer.json "
                                f"({exc})") from exc
@@ -136,6 +139,9 @@ class HFTokenizer(Tokenizer):
         self.special_ids = {n: tok.token_to_id(n) for n in names}
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self.sha256 = self._vocab_hash()
+
+    def __reduce__(self):
+        return HFTokenizer, (self.spec, self.path)
 
     def _vocab_hash(self) -> str:
         # Vocabulary and merges only: serialisation details of other sections change between
@@ -152,16 +158,3 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-
-def load_tokenizer(spec: str) -> Tokenizer:
-    """`"bytes"`, a tokenizer.json file, or a folder containing one."""
-    if spec == "bytes":
-        return ByteTokenizer()
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    if not path.is_file():
-        raise MixdataError(f"tokenizer {spec!r}: expected 'bytes', a tokenizer.json file or a "
-                           f"folder containing one; {path} does not exist")
-    return HFTokenizer(spec, path)

@@ -25,6 +25,7 @@ from ..image.policy import ImagePolicy
 from ..loading.collate import BatchSpec
 from ..sample import ImagePart, Sample, TextPart
 from .batch import Doc, make_batch
+from .data import stage_tile
 from .loop import model_inputs, to_device
 from .model import IGNORE
 
@@ -44,11 +45,9 @@ class EvalSetup:
 
     @property
     def spec(self) -> BatchSpec:
-        from ..image import plan_for
-
         return BatchSpec(seq_len=self.seq_len, pad_id=self.tokenizer.pad_id,
                          image_id=self.tokenizer.image_id, tokens_per_tile=self.tokens_per_tile,
-                         tile=plan_for(1024, 768, self.policy).tile, mean=tuple(self.policy.mean),
+                         tile=stage_tile(self.policy), mean=tuple(self.policy.mean),
                          std=tuple(self.policy.std))
 
     def batch(self, docs: list[Doc]) -> dict:
@@ -157,7 +156,8 @@ def evaluate(model, setup: EvalSetup, root: Path, *, tasks=("vqa", "ocr", "capti
              limit: int | None = None) -> dict:
     """Run the asked tasks on the split under `root`; returns {task: metrics}."""
     runners = {"vqa": eval_vqa, "ocr": eval_ocr, "caption": eval_captions}
-    return {task: runners[task](model, setup, root, read_split(root, task, limit)) for task in tasks}
+    return {task: runners[task](model, setup, root, read_split(root, task, limit))
+            for task in tasks}
 
 
 @torch.no_grad()

@@ -7,10 +7,10 @@ run with a skipped stage says so in its own table.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import MixdataError
+from ..storage import write_json_atomic
 from .evaluate import EvalSetup, evaluate
 from .lineage import RUN_FILE, read_run_file, saved_chain
 
@@ -24,14 +24,9 @@ def eval_root(recipe, config) -> Path | None:
     demo corpus, else None (no eval)."""
     if config.eval_data:
         return Path(config.eval_data)
-    uris = []
-    for source in recipe.sources.values():
-        uris += source.uri if isinstance(source.uri, list) else [source.uri]
-    if not any(str(u).startswith("demo://") for u in uris):
+    if recipe.demo is None:
         return None
-    from ..demo.corpus import ensure_corpus
-
-    return Path(ensure_corpus()) / "eval"
+    return Path(recipe.demo.ensure()) / "eval"
 
 
 def evaluate_stage(model, recipe, config, stage: str, run_dir: Path, device, tokenizer, *,
@@ -97,9 +92,7 @@ def record_eval(run_dir: Path, stage: str, results: dict) -> None:
     path = Path(run_dir) / EVAL_FILE
     table = json.loads(path.read_text()) if path.exists() else {}
     table[stage] = results
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, table, sort_keys=False)  # stages in training order
 
 
 def _cell(results: dict, task: str, key: str, width: int) -> str:
@@ -115,7 +108,7 @@ COLUMNS = (("VQA acc", "vqa", "accuracy"), ("chance", "vqa", "chance"),
 def format_table(table: dict) -> str:
     """One row per stage: what it started from, VQA accuracy (and chance), OCR exact match,
     caption loss with the true images and with the images shuffled among the captions."""
-    header = f"{'stage':<12} {'from':<12}" + "".join(f" {name:>{len(name)}}" for name, _, _ in COLUMNS)
+    header = f"{'stage':<12} {'from':<12}" + "".join(f" {name}" for name, _, _ in COLUMNS)
     lines = [header, "-" * len(header)]
     for stage, results in table.items():
         origin = results.get("started_from") or "-"

@@ -12,12 +12,20 @@ import json
 from pathlib import Path
 
 from ..errors import MixdataError
+from ..storage import write_json_atomic
 from .checkpoint import CHECKPOINT, FINAL
 from .config import TrainConfig, parse_train, plan_steps
 from .data import ensure_shards, open_data, read_stage_manifest, stage_tile
 from .ddp import Dist, barrier, init_distributed, shutdown
-from .lineage import (RUN_FILE, Chain, check_continuation, copy_stage, reusable, stage_chain,
-                      stages_to_train)
+from .lineage import (
+    RUN_FILE,
+    Chain,
+    check_continuation,
+    copy_stage,
+    reusable,
+    stage_chain,
+    stages_to_train,
+)
 from .loop import StageRun, train_stage
 from .metrics import MetricsLog
 from .model import ModelConfig, check_tokens_per_tile, count_parameters, model_config
@@ -38,7 +46,9 @@ def train_recipe(recipe, *, stage: str = "all", skip: tuple[str, ...] = (),
     config = parse_train(recipe)
     chain = stage_chain(list(recipe.stages), skip, recipe.name)
     names = stages_to_train(chain, stage, recipe.name)
-    base_seed = seed if seed is not None else config.seed if config.seed is not None else recipe.seed
+    if seed is None:
+        seed = config.seed if config.seed is not None else recipe.seed
+    base_seed = seed
     run_dir = Path(out) if out is not None else Path("runs") / recipe.name
     ctx = init_distributed(device)
     try:
@@ -68,7 +78,8 @@ def train_recipe(recipe, *, stage: str = "all", skip: tuple[str, ...] = (),
 def _check_fresh(run_dir: Path, names: list[str], resume: bool) -> None:
     if resume:
         return
-    taken = [n for n in names if (run_dir / n / CHECKPOINT).exists() or (run_dir / n / FINAL).exists()]
+    taken = [n for n in names
+             if (run_dir / n / CHECKPOINT).exists() or (run_dir / n / FINAL).exists()]
     if taken:
         raise MixdataError(f"{run_dir} already holds stage {taken[0]!r}; pass --resume to "
                            "continue it, or --out to start a new run")
@@ -81,7 +92,8 @@ def _write_run_file(run_dir: Path, recipe, config: TrainConfig, model: ModelConf
                "stages": list(chain.stages), "skipped": list(chain.skipped), "seed": seed,
                "model": {"preset": config.model_spec.preset, "connector": model.connector.kind,
                          "parameters": count_parameters_of(model)}}
-    (run_dir / RUN_FILE).write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    write_json_atomic(run_dir / RUN_FILE, json.loads(json.dumps(payload, default=str)),
+                      sort_keys=False)
 
 
 def count_parameters_of(model: ModelConfig) -> int:
@@ -136,20 +148,20 @@ def _run_stage(recipe, config: TrainConfig, model: ModelConfig, chain: Chain, na
     # Seeded by the stage's place in the recipe, not in the chain: a skip changes what a
     # stage starts from, never its data order or its LoRA/init draws.
     seed = base_seed + 1000 * list(recipe.stages).index(name)
-    plan = plan_steps(spec, default_micro_batch=config.micro_batch, seq_len=manifest["seq_len"],
-                      world_size=ctx.world_size,
-                      available_sequences=sum(s["samples"] for s in manifest["shards"]))
+    plan = plan_steps(spec, default_micro_batch=config.micro_batch, seq_len=manifest.seq_len,
+                      world_size=ctx.world_size, available_sequences=manifest.samples)
     init_from = previous_final(chain, run_dir, name)
     if ctx.is_main:
         origin = init_from or "a fresh initialisation"
         skipped = f" ({', '.join(chain.skipped)} skipped)" if chain.skipped else ""
         print(f"stage {name}: {plan.steps} steps x {plan.sequences_per_step} sequences "
               f"({plan.accumulation} accumulation), starting from {origin}{skipped}")
-    state = start_stage(model, spec, plan, seed=seed, ctx=ctx, init_from=init_from)
+    state = start_stage(model, spec, plan, seed=seed, ctx=ctx, init_from=init_from,
+                        parallel=config.parallel)
     data = open_data(shard_dir, plan, ctx, seed=seed)
     run = StageRun(name=name, spec=spec, plan=plan, folder=folder,
                    checkpoint_every=config.checkpoint_every, pixel_mean=policy.mean,
-                   pixel_std=policy.std)
+                   pixel_std=policy.std, parallel=config.parallel)
     log = MetricsLog(run_dir / METRICS if ctx.is_main else None)
     train_stage(state.model, state.wrapped, state.optimizer, state.scheduler, data, run,
                 ctx=ctx, log=log, resume=resume, progress=progress)

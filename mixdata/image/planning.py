@@ -6,10 +6,12 @@ tests reason with; `plan_for(width, height, policy)` reads the parameters from a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 from .policy import PRESETS, ImagePolicy
-from .presets import DEFAULTS, GEOMETRY
+from .presets import DEFAULTS, GEOMETRY, IDEFICS3_MAX_SIDE
 
 FILTERS = ("lanczos", "bicubic", "bilinear", "box")
 
@@ -27,6 +29,10 @@ class ImagePlan:
     - An untiled image has rows = cols = 1, no global view, and its one view is the whole
       canvas: tile x tile for every preset except qwen2vl, whose canvas is its own size (sides
       multiples of `tile`, the 28 px unit) with `view_tokens` placeholders.
+    - `source_size` (w, h) of the image as displayed, kept only where the token count depends
+      on it (llava-next: its processor counts the unpadded features from the original size,
+      its `image_sizes`). It is left out of `to_json` when None, so plans of the other presets
+      serialise as they always did.
     """
 
     preset: str
@@ -41,6 +47,7 @@ class ImagePlan:
     fill: tuple[int, int, int] = (128, 128, 128)
     filter: str = "bicubic"
     view_tokens: int | None = None
+    source_size: tuple[int, int] | None = None
 
     @property
     def num_tiles(self) -> int:
@@ -57,15 +64,17 @@ class ImagePlan:
     def to_json(self) -> dict:
         """A plain JSON-able dict; derived counts are included for readers without mixdata."""
         out = asdict(self)
-        for key in ("resized_size", "canvas_size", "offset", "fill", "source_box"):
+        for key in ("resized_size", "canvas_size", "offset", "fill", "source_box", "source_size"):
             out[key] = list(out[key]) if out[key] is not None else None
+        if out["source_size"] is None:
+            del out["source_size"]
         out["num_tiles"], out["num_views"] = self.num_tiles, self.num_views
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "ImagePlan":
+    def from_json(cls, data: dict) -> ImagePlan:
         fields = {k: v for k, v in data.items() if k not in ("num_tiles", "num_views")}
-        for key in ("resized_size", "canvas_size", "offset", "fill", "source_box"):
+        for key in ("resized_size", "canvas_size", "offset", "fill", "source_box", "source_size"):
             if fields.get(key) is not None:
                 fields[key] = tuple(fields[key])
         made = cls(**fields)
@@ -101,13 +110,17 @@ def plan(width: int, height: int, preset: str, *, images_in_sample: int = 1,
         raise ValueError(f"filter must be one of {FILTERS}, got {resample!r}")
     if preset == "mm15":
         merged["images_in_sample"] = images_in_sample
+    fill, source_size = fill_colour(mean), None
     if preset == "llava-next":
         merged["pinpoints"] = tuple(tuple(p) for p in merged["pinpoints"])
+        # LLaVA-NeXT pads its anyres canvas with black, before normalisation (the reference
+        # and transformers' processor alike), and counts tokens from the original size
+        fill, source_size = (0, 0, 0), (width, height)
     geo = GEOMETRY[preset](width, height, **merged)
     return ImagePlan(preset=preset, resized_size=geo.content, canvas_size=geo.canvas,
                      rows=geo.rows, cols=geo.cols, tile=geo.tile, global_view=geo.global_view,
-                     offset=geo.offset, source_box=geo.source_box, fill=fill_colour(mean),
-                     filter=resample, view_tokens=geo.view_tokens)
+                     offset=geo.offset, source_box=geo.source_box, fill=fill,
+                     filter=resample, view_tokens=geo.view_tokens, source_size=source_size)
 
 
 def plan_for(width: int, height: int, policy: ImagePolicy, images_in_sample: int = 1) -> ImagePlan:
@@ -115,3 +128,37 @@ def plan_for(width: int, height: int, policy: ImagePolicy, images_in_sample: int
     params = {name: getattr(policy, name) for name in DEFAULTS[policy.preset]}
     return plan(width, height, policy.preset, images_in_sample=images_in_sample,
                 mean=policy.mean, **params)
+
+
+class ViewLimits(NamedTuple):
+    """What any image of a stage can become under its policy: the side of its square views
+    (None when views vary in size, as qwen2vl's do), the largest grid, the most views (tiles
+    plus global view) of one image, and where a global view goes."""
+
+    tile: int | None
+    max_rows: int
+    max_cols: int
+    max_views: int
+    global_view: str
+
+
+def view_limits(policy: ImagePolicy) -> ViewLimits:
+    """The stage-wide geometry a consumer needs, from the policy's parameters alone."""
+    params = {**DEFAULTS[policy.preset],
+              **{k: getattr(policy, k) for k in DEFAULTS[policy.preset]
+                 if getattr(policy, k) is not None}}
+    preset = policy.preset
+    if preset == "none":
+        return ViewLimits(params["max_side"], 1, 1, 1, "none")
+    if preset == "qwen2vl":
+        return ViewLimits(None, 1, 1, 1, "none")
+    tile = params["tile"]
+    if preset == "idefics3":
+        n = math.ceil(min(params["longest_edge"], IDEFICS3_MAX_SIDE) / tile)
+        return ViewLimits(tile, n, n, n * n + 1, "after")
+    if preset == "llava-next":
+        pins = params["pinpoints"]
+        return ViewLimits(tile, max(h for _, h in pins) // tile, max(w for w, _ in pins) // tile,
+                          max(w * h for w, h in pins) // (tile * tile) + 1, "before")
+    most = params["max_tiles"]  # mm15, internvl: a 1 x n grid at most, plus the overview
+    return ViewLimits(tile, most, most, most + 1, "after")

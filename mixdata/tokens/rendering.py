@@ -29,35 +29,12 @@ import numpy as np
 from ..errors import RecordRejected
 from ..image import layout
 from ..sample import Sample, TextPart
+from .chat import render_model
+from .documents import CAPTION_KINDS, ImageSlot, RenderedDoc
 from .tokenizer import END, ROLE_TOKENS, Tokenizer
 
 LOSS_MODES = ("all", "captions")
 OVERFLOW_MODES = ("trim", "reject")
-CAPTION_KINDS = ("caption", "ocr")
-
-
-@dataclass(frozen=True)
-class ImageSlot:
-    """Where image `index` (its position in `sample.images`) sits in a rendered document.
-
-    `start`/`length` span all of its layout tokens (markers, placeholders and newlines);
-    `views` is `plan.num_views`. The span holds `image_token_count(plan, tokens_per_tile)`
-    `<image>` placeholders: `views * tokens_per_tile`, except for qwen2vl's one view.
-    """
-
-    index: int
-    start: int
-    length: int
-    views: int
-
-
-@dataclass(frozen=True, eq=False)
-class RenderedDoc:
-    """One document: `ids` int32 [n], `loss` uint8 [n] (1 = supervised), its image slots."""
-
-    ids: np.ndarray
-    loss: np.ndarray
-    images: list[ImageSlot]
 
 
 @dataclass
@@ -177,7 +154,7 @@ def _closing(tok: Tokenizer, open_role: str | None, eos_supervised: bool) -> tup
     ids, loss = [], []
     if open_role is not None:
         ids, loss = [tok.special_id(END)], [int(open_role == "assistant")]
-    return ids + [tok.eos_id], loss + [int(eos_supervised)]
+    return [*ids, tok.eos_id], [*loss, int(eos_supervised)]
 
 
 def _chunks(doc: RenderedDoc, bos_id: int, seq_len: int) -> list[RenderedDoc]:
@@ -215,8 +192,14 @@ def render(sample: Sample, plans, tokenizer: Tokenizer, *, tokens_per_tile: int,
     `plans[i]` is the ImagePlan of `sample.images[i]`. Raises `RecordRejected("too_long")`
     for a document with images that cannot fit, and `RecordRejected("sft_role")` for SFT text
     without a role. A document without supervised tokens is returned as is.
+
+    With a model tokenizer (`load_tokenizer` of an HF folder) the document is in that model's
+    dialect instead: see `mixdata.tokens.chat`.
     """
     _check(sample, plans, tokens_per_tile, seq_len, loss, on_overflow)
+    if getattr(tokenizer, "family", None) is not None:  # a model folder: its own dialect
+        return render_model(sample, plans, tokenizer, tokens_per_tile=tokens_per_tile,
+                            seq_len=seq_len, loss=loss, on_overflow=on_overflow)
     renderer = _Renderer(tokenizer, tokens_per_tile)
     if sample.kind == "sft":
         spans, open_roles = renderer.sft(sample, plans)

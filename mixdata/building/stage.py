@@ -1,0 +1,185 @@
+"""Building one stage: prepare (parallel, cached) -> plan (from lengths) -> write (parallel,
+atomic) -> rejects, accounting check and manifest (last).
+
+The manifest is byte-identical for the same recipe, inputs and seed whatever the worker count
+(its `run` section aside, which holds network retries). A unit whose readers hit damage, a
+record that fails a step: both are counted rejects, never a crashed build; a source that
+rejects more than its `max_reject_ratio` stops it with an error saying what to check.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import MixdataError
+from ..manifest import write_manifest
+from ..sources import open_source
+from ..storage import remove_temp_files, write_json_atomic
+from .manifest import build_manifest
+from .plan import PREPARE_MARGIN, SourceInput, plan_stage, prefix_length, shard_hash, stage_budget
+from .pool import Executor, TaskHook
+from .prepare import UnitStats, prepare_unit, task_for
+from .rejects import RejectGuard, write_rejects
+from .write import ShardTask, write_shard_task
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """How a build runs (none of it changes what it writes).
+
+    `workers`: processes for the prepare and write phases; `progress`: bars on stderr;
+    `strict`: stop at the first reject; `on_result(phase, done)`: called after each finished
+    unit ("prepare") and shard ("write"), e.g. by tests that crash a build at a given point.
+    """
+
+    workers: int = 1
+    progress: bool = True
+    strict: bool = False
+    on_result: TaskHook | None = None
+
+
+def default_out(recipe, stage: str) -> Path:
+    return Path("shards") / recipe.name / stage
+
+
+def build_stage(recipe, stage_name: str, out: str | Path | None = None, *, workers: int = 1,
+                progress: bool = True, strict: bool = False,
+                on_result: TaskHook | None = None) -> Path:
+    """Build `stage_name` of `recipe` into `out` (default `shards/<recipe>/<stage>`); returns
+    the folder, which then holds the shards, `manifest.json`, `rejects.jsonl` and
+    `timings.json`. See `BuildOptions` for the keyword arguments."""
+    options = BuildOptions(workers=workers, progress=progress, strict=strict,
+                           on_result=on_result)
+    if stage_name not in recipe.stages:
+        raise MixdataError(f"stage {stage_name!r} is not in recipe {recipe.name!r}; "
+                           f"stages: {', '.join(recipe.stages)}")
+    if recipe.demo is not None:
+        recipe.demo.ensure()  # generated once, before any worker reads it
+    out = Path(out) if out is not None else default_out(recipe, stage_name)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(out)
+    timings, started = {}, time.perf_counter()
+    executor = Executor(options.workers, options.on_result)
+    try:
+        stats = _prepare(recipe, stage_name, out / ".prepare", executor, options)
+        timings["prepare_s"] = time.perf_counter() - started
+        t = time.perf_counter()
+        plan = _plan(recipe, stage_name, stats, out, options)
+        timings["plan_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        shard_infos = _write(recipe, stage_name, out, plan, stats, executor, options)
+        timings["write_s"] = time.perf_counter() - t
+    finally:
+        timings["pool_started"] = executor.started
+        executor.close()
+    manifest = build_manifest(recipe, stage_name, plan, stats, shard_infos)
+    write_rejects(out, [u for s in stats for u in stats[s]])
+    timings.update(total_s=time.perf_counter() - started, workers=executor.workers)
+    write_json_atomic(out / "timings.json", timings)
+    write_manifest(out, manifest)
+    return out
+
+
+def _bar(desc: str, total: int | None, progress: bool, unit: str):
+    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, leave=False,
+                dynamic_ncols=True)
+
+
+def _prepare(recipe, stage_name: str, cache: Path, executor: Executor,
+             options: BuildOptions) -> dict[str, list[UnitStats]]:
+    """Prepare each source's minimal unit prefix for the budget; its UnitStats per source."""
+    stage = recipe.stages[stage_name]
+    shares = {s: v for s, v in stage.shares().items() if v > 0}
+    units = {}
+    for name in shares:
+        units[name] = open_source(recipe.sources[name]).units()
+        if not units[name]:
+            raise MixdataError(f"source {name!r} has no input files for uri "
+                               f"{recipe.sources[name].uri!r}; check the path or glob")
+    stats: dict[str, list[UnitStats | None]] = {s: [None] * len(u) for s, u in units.items()}
+    guard = RejectGuard(recipe, strict=options.strict)
+    bar = _bar("prepare", sum(len(u) for u in units.values()), options.progress, "unit")
+
+    def run(wanted: list[tuple[str, int]]) -> None:
+        tasks = [task_for(recipe, stage_name, s, units[s][i], cache) for s, i in wanted]
+        for (s, i), result in zip(wanted, executor.map(prepare_unit, tasks, "prepare", bar)):
+            stats[s][i] = result
+            guard.check(s, result)
+
+    need = None
+    if stage.budget is not None:
+        run([(s, 0) for s in units])
+        need = _needs(recipe, stage_name, stats, shares)
+    while wanted := _wanted_units(stats, stage.weight_by, need, executor.workers):
+        run(wanted)
+    bar.close()
+    prefix = {s: prefix_length(_costs(stats[s], stage.weight_by),
+                               None if need is None else need[s]) for s in units}
+    return {s: stats[s][:prefix[s]] for s in units}
+
+
+def _costs(stats: list[UnitStats | None], weight_by: str) -> list[float | None]:
+    return [None if u is None else u.cost(weight_by) for u in stats]
+
+
+def _needs(recipe, stage_name: str, stats, shares) -> dict[str, float]:
+    """Cost each source must supply; unit conversions use each source's first unit only, so
+    the answer does not depend on how many units a parallel run happened to prepare."""
+    mean_len = {s: stats[s][0].mean_length() for s in shares}
+    stage = recipe.stages[stage_name]
+    budget = stage_budget(stage, recipe.stage_seq_len(stage_name), mean_len, shares)
+    return {s: shares[s] * budget * PREPARE_MARGIN for s in shares}
+
+
+def _wanted_units(stats, weight_by: str, need, workers: int) -> list[tuple[str, int]]:
+    """Next units to prepare: all of them without a budget, else a few per short source."""
+    wanted = []
+    for s, units in stats.items():
+        costs = _costs(units, weight_by)
+        if prefix_length(costs, None if need is None else need[s]) is not None:
+            continue
+        pending = [i for i, c in enumerate(costs) if c is None]
+        wanted.extend((s, i) for i in (pending if need is None else pending[:workers]))
+    return wanted
+
+
+def _plan(recipe, stage_name: str, stats, out: Path, options: BuildOptions):
+    sources = {s: SourceInput(units=tuple(u.unit for u in units),
+                              paths=tuple(u.path for u in units),
+                              dedup=recipe.sources[s].filters.dedup)
+               for s, units in stats.items()}
+    bar = _bar("plan", None, options.progress, "doc")
+    try:
+        return plan_stage(recipe.stages[stage_name], sources,
+                          seq_len=recipe.stage_seq_len(stage_name), seed=recipe.seed,
+                          folder=out / ".plan", on_chunk=bar.update)
+    finally:
+        bar.close()
+
+
+def _write(recipe, stage_name: str, out: Path, plan, stats, executor: Executor,
+           options: BuildOptions) -> list[dict]:
+    stage = recipe.stages[stage_name]
+    paths = {s: [u.path for u in stats[s]] for s in stats}
+    keys = {s: [os.path.basename(p) for p in paths[s]] for s in stats}
+    context = json.dumps({"recipe": recipe.sha256, "stage": stage_name, "v": 1})
+    tasks = []
+    for n, group in enumerate(plan.shard_ranges(stage.pack.sequences_per_shard)):
+        refs = plan.refs(group.start, len(group))
+        tasks.append(ShardTask(out_dir=str(out), name=f"shard-{n:06d}.tar",
+                               plan_hash=shard_hash(refs, plan.sources, keys, context),
+                               first_index=group.start,
+                               sequences=refs.sequences(plan.sources, paths)))
+    names = {t.name for t in tasks}
+    for stale in out.glob("shard-*.tar"):
+        if stale.name not in names:
+            stale.unlink()
+    bar = _bar("write", len(tasks), options.progress, "shard")
+    infos = executor.map(write_shard_task, tasks, "write", bar)
+    bar.close()
+    return infos
