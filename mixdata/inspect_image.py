@@ -156,11 +156,22 @@ def image_views(seq, tokenizer) -> list[ImageViews]:
     return out
 
 
-VIEW_SIDE = 96           # px a view is shown at, whatever its tile size
+VIEW_SIDE = 128          # px a view is shown at, at most
 
 
 def _view_side(tile: int) -> int:
-    return VIEW_SIDE
+    """An integer multiple of the tile (pixels stay sharp) up to VIEW_SIDE; larger tiles
+    are shrunk to VIEW_SIDE."""
+    return tile * (VIEW_SIDE // tile) if tile <= VIEW_SIDE else VIEW_SIDE
+
+
+def _header(item: ImageViews) -> str:
+    plan = item.plan
+    w, h = plan.resized_size
+    views = "1 view" if plan.num_views == 1 else \
+        f"{plan.rows}x{plan.cols} tiles" + (" + global" if plan.global_view != "none" else "")
+    return f"image {item.index} (doc {item.doc}): {w}x{h}, {views}, tokens " \
+        f"[{item.span[0]}:{item.span[1]})"
 
 
 def _grid_positions(item: ImageViews) -> tuple[list[tuple[int, int]], int, int]:
@@ -238,7 +249,7 @@ def _flow(items: list[ImageViews], width: int) -> tuple[list[tuple[int, int]], i
     offsets, x, y, row_height = [], 0, 0, 0
     for item in items:
         _, w, h = _grid_positions(item)
-        h += LINE
+        w, h = max(w, int(font().getlength(_header(item)))), h + LINE
         if x and x + w > width:
             x, y, row_height = 0, y + row_height + GAP, 0
         offsets.append((x, y))
@@ -286,11 +297,8 @@ def _draw_strip(draw, picture: Picture, seq, image_id: int, seq_len: int) -> Non
 
 
 def _draw_views(canvas: Image.Image, draw, item: ImageViews, left: int, top: int) -> None:
-    plan, colour = item.plan, image_colour(item.index)
-    w, h = plan.resized_size
-    draw.text((left, top), f"image {item.index} (doc {item.doc}): {w}x{h}, grid "
-              f"{plan.rows}x{plan.cols}, tokens [{item.span[0]}:{item.span[1]})",
-              fill=colour, font=font())
+    colour = image_colour(item.index)
+    draw.text((left, top), _header(item), fill=colour, font=font())
     positions, _, _ = _grid_positions(item)
     side = _view_side(item.views.shape[1])
     for view, label, (x, y) in zip(item.views, item.labels, positions):

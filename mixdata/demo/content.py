@@ -1,13 +1,14 @@
-"""What the demo corpus talks about: coloured-shape scenes, a small vocabulary, rendered words.
+"""What the demo corpus talks about: coloured-shape scenes, a small vocabulary, digit codes.
 
 Everything here is a pure function of its arguments and a `numpy.random.Generator`, so the
 corpus is reproducible. The content is deliberately small and regular, so that a tiny VLM
 trained for minutes on a CPU can learn it and its eval scores mean something:
 - scenes: 1-3 shapes (6 colours x 4 shapes) at distinct positions on a 64x64 canvas;
 - text: short sentences from a ~50-word vocabulary that also names the colours and shapes;
-- rendered words: ~10 px high, readable only when an image is kept near full resolution.
+- codes: three digits ~8 px high, readable only when an image is kept at full resolution
+  (a high-res stage's tiles), not in the halved pre-training view.
 
-Held-out eval content is chosen by a hash of a scene's (or rendering's) key, so training
+Held-out eval content is chosen by a hash of a scene's (or code's) key, so training
 generators can skip it and the eval generator can draw only from it.
 """
 from __future__ import annotations
@@ -36,8 +37,6 @@ VERBS = ("sees", "likes", "finds", "holds", "paints", "draws")
 PREPOSITIONS = ("near", "under", "behind", "beside")
 VOCABULARY = tuple(sorted(set(COLOURS) | set(SHAPES) | set(POSITIONS) | set(NOUNS)
                           | set(ADJECTIVES) | set(VERBS) | set(PREPOSITIONS) | {"the", "a"}))
-# Words an OCR question may ask for: long enough to need reading, short enough to fit.
-OCR_WORDS = tuple(w for w in VOCABULARY if 3 <= len(w) <= 8)
 
 SCENE_SIDE = 64
 HELD_OUT_SHARE = 1 / 8
@@ -159,54 +158,75 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-TEXT_SIZE = 10  # px: readable at full resolution, a blur once an image is halved
-
-
-def render_lines(lines: list[str], size: tuple[int, int], rng: np.random.Generator,
-                 font_size: int = TEXT_SIZE) -> Image.Image:
-    """Dark text lines on a light background, at a random left margin and top offset."""
-    image = Image.new("RGB", size, (250, 250, 245))
-    draw = ImageDraw.Draw(image)
-    typeface = font(font_size)
-    widest = max(draw.textlength(line, font=typeface) for line in lines)
-    line_height = font_size + 4
-    x = int(rng.integers(2, max(3, size[0] - int(widest) - 2)))
-    y = int(rng.integers(2, max(3, size[1] - line_height * len(lines) - 2)))
-    ink = tuple(int(v) for v in rng.integers(0, 60, size=3))
-    for row, line in enumerate(lines):
-        draw.text((x, y + row * line_height), line, fill=ink, font=typeface)
-    return image
-
-
-OCR_SIZE = (128, 64)  # kept at full size by the SFT policy, halved by the pretrain policy
+# OCR codes: short digit strings, the demo's reading task. A code image is two 64 px tiles
+# wide; the code sits inside one of them, in glyphs of CODE_FONT px. The high-res stages keep
+# the image at its size (two tiles: each digit ~6 x 8 px, about one vision patch); the
+# pre-training view halves it (each digit ~3 x 4 px, a blur). `mixdata.demo.legibility`
+# measures both.
+DIGITS = "0123456789"
+CODE_LENGTH = 3
+CODE_SIZE = (128, 64)
+CODE_FONT = 11
+CODE_TILE = 64
+CODE_INK = (20, 20, 20)
+PAPER = (250, 250, 245)
 
 
 @dataclass(frozen=True)
-class WordRender:
-    """Where and how a word is drawn for an OCR question; its key decides the split."""
+class CodeRender:
+    """Where a code is drawn: in tile `tile` (0 left, 1 right) at (x, y) inside it.
 
-    word: str
-    column: int  # left margin bucket, 0..7
-    row: int     # top offset bucket, 0..3
+    Its key is the code alone, so a held-out code appears in no training image at all: the
+    eval can only be passed by reading."""
+
+    code: str
+    tile: int
+    x: int
+    y: int
 
     @property
     def key(self) -> str:
-        return f"ocr:{self.word}@{self.column},{self.row}"
+        return f"code:{self.code}"
 
 
-def random_word_render(rng: np.random.Generator, *, for_eval: bool = False) -> WordRender:
+@cache
+def _code_width(code: str) -> int:
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    return int(np.ceil(probe.textlength(code, font=font(CODE_FONT))))
+
+
+def code_room(code: str) -> tuple[int, int]:
+    """Largest (x, y) that keeps `code` 2 px inside its tile."""
+    return CODE_TILE - _code_width(code) - 2, CODE_SIZE[1] - CODE_FONT - 4
+
+
+def random_code(rng: np.random.Generator, *, for_eval: bool = False) -> str:
     while True:
-        render = WordRender(pick(rng, OCR_WORDS), int(rng.integers(8)), int(rng.integers(4)))
-        if held_out(render.key) == for_eval:
-            return render
+        code = "".join(pick(rng, DIGITS) for _ in range(CODE_LENGTH))
+        if held_out(f"code:{code}") == for_eval:
+            return code
 
 
-def draw_word(render: WordRender) -> Image.Image:
-    image = Image.new("RGB", OCR_SIZE, (250, 250, 245))
-    draw = ImageDraw.Draw(image)
-    typeface = font(TEXT_SIZE)
-    room = OCR_SIZE[0] - int(draw.textlength(render.word, font=typeface)) - 4
-    x = 2 + room * render.column // 7
-    y = 4 + (OCR_SIZE[1] - TEXT_SIZE - 12) * render.row // 3
-    draw.text((x, y), render.word, fill=(20, 20, 20), font=typeface)
+def code_render(code: str, rng: np.random.Generator) -> CodeRender:
+    """`code` at a random tile and position."""
+    max_x, max_y = code_room(code)
+    return CodeRender(code, int(rng.integers(2)), int(rng.integers(2, max_x + 1)),
+                      int(rng.integers(2, max_y + 1)))
+
+
+def random_code_render(rng: np.random.Generator, *, for_eval: bool = False) -> CodeRender:
+    return code_render(random_code(rng, for_eval=for_eval), rng)
+
+
+def code_box(render: CodeRender) -> tuple[int, int, int, int]:
+    """The code's (x0, y0, x1, y1) in image pixels (the text's ink box)."""
+    x0, y0, x1, y1 = font(CODE_FONT).getbbox(render.code)
+    left = render.tile * CODE_TILE + render.x
+    return left + x0, render.y + y0, left + x1, render.y + y1
+
+
+def draw_code(render: CodeRender) -> Image.Image:
+    image = Image.new("RGB", CODE_SIZE, PAPER)
+    ImageDraw.Draw(image).text((render.tile * CODE_TILE + render.x, render.y), render.code,
+                               fill=CODE_INK, font=font(CODE_FONT))
     return image
