@@ -28,27 +28,30 @@ def test_codes_are_read_in_tiles_and_not_in_the_pretraining_view(policies):
     assert code_reader_accuracy(policies["pretrain"], seed=0) == pretrain[0]  # deterministic
 
 
-def test_code_images_get_tiles_at_full_size_and_one_halved_view_in_pretraining(policies):
+def test_code_images_get_a_tile_per_digit_and_one_small_view_in_pretraining(policies):
     render = content.code_render("407", np.random.default_rng(0))
     views, plan = code_views(render, policies["highres"])
-    assert (plan.rows, plan.cols, plan.global_view) == (1, 2, "after")
+    assert (plan.rows, plan.cols, plan.global_view) == (1, content.CODE_LENGTH, "after")
     assert plan.resized_size == content.CODE_SIZE  # not rescaled: one source px per view px
-    grey, box = code_window(views, plan, content.code_box(render), content.CODE_SIZE[0])
-    assert grey.shape == (64, 64) and box[3] - box[1] == pytest.approx(
-        content.code_box(render)[3] - content.code_box(render)[1])
+    for index, box in enumerate(content.digit_boxes(render)):
+        grey, (x0, y0, x1, y1) = code_window(views, plan, box, content.CODE_SIZE[0])
+        assert np.array_equal(grey, views[index].astype(float).mean(axis=-1))  # its own tile
+        assert (x1 - x0, y1 - y0) == (box[2] - box[0], box[3] - box[1])
     for stage in ("highres", "sft"):  # the same views in both high-res stages
         again, _ = code_views(render, policies[stage])
         assert np.array_equal(again, views)
     small, plan = code_views(render, policies["pretrain"])
-    assert small.shape == (1, 64, 64, 3) and plan.resized_size == (64, 32)
+    assert small.shape == (1, 64, 64, 3) and plan.resized_size == (64, 21)
 
 
-def test_the_code_is_where_code_box_says(policies):
-    render = content.CodeRender("123", tile=1, x=10, y=20)
+def test_each_digit_is_inside_its_box_and_its_cell():
+    render = content.CodeRender("183", ((-8, -8), (0, 3), (8, 8)))
     pixels = np.asarray(content.draw_code(render)).mean(axis=-1)
-    x0, y0, x1, y1 = content.code_box(render)
-    ink = np.argwhere(pixels < 128)
-    assert ink[:, 1].min() >= x0 - 1 and ink[:, 1].max() <= x1 and x0 >= content.CODE_TILE
-    assert ink[:, 0].min() >= y0 - 1 and ink[:, 0].max() <= y1
-    max_x, _ = content.code_room("888")
-    assert max_x + content.font(content.CODE_FONT).getbbox("888")[2] <= content.CODE_TILE
+    for index, (x0, y0, x1, y1) in enumerate(content.digit_boxes(render)):
+        cell = pixels[:, index * content.CODE_CELL:(index + 1) * content.CODE_CELL]
+        ink = np.argwhere(cell < 128) + np.array([0, index * content.CODE_CELL])
+        assert len(ink) > 10
+        assert x0 >= index * content.CODE_CELL and x1 <= (index + 1) * content.CODE_CELL
+        assert ink[:, 1].min() >= x0 - 1 and ink[:, 1].max() <= x1
+        assert ink[:, 0].min() >= y0 - 1 and ink[:, 0].max() <= y1 and y0 >= 0
+        assert y1 <= content.CODE_CELL

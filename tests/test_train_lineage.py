@@ -12,6 +12,7 @@ from mixdata.train.lineage import (
     copy_stage,
     reusable,
     stage_chain,
+    stage_seeds,
     stages_to_train,
 )
 from mixdata.train.report import compare_runs, format_table, record_eval
@@ -65,27 +66,39 @@ def test_previous_final_follows_the_chain(tmp_path):
 def test_a_run_folder_is_not_continued_with_another_chain_seed_or_recipe(tmp_path):
     full = stage_chain(STAGES)
     run = write_run(tmp_path / "run", full)
-    check_continuation(run, full, 1, "abc")  # the same: fine
-    check_continuation(tmp_path / "fresh", full, 1, "abc")  # no run.json yet: fine
+    check_continuation(run, full, stage_seeds(full, 1), "abc")  # the same: fine
+    check_continuation(tmp_path / "fresh", full, stage_seeds(full, 1), "abc")  # no run.json yet
+    skipped = stage_chain(STAGES, ("highres",))
     with pytest.raises(MixdataError, match=r"stages 'pretrain -> highres -> sft'.*skipped: highres"):
-        check_continuation(run, stage_chain(STAGES, ("highres",)), 1, "abc")
-    with pytest.raises(MixdataError, match="seed 1"):
-        check_continuation(run, full, 2, "abc")
+        check_continuation(run, skipped, stage_seeds(skipped, 1), "abc")
+    with pytest.raises(MixdataError, match="seeds"):
+        check_continuation(run, full, stage_seeds(full, 2), "abc")
+    with pytest.raises(MixdataError, match="seeds"):
+        check_continuation(run, full, stage_seeds(full, 1, {"sft": 2}), "abc")
     with pytest.raises(MixdataError, match="recipe"):
-        check_continuation(run, full, 1, "def")
+        check_continuation(run, full, stage_seeds(full, 1), "def")
 
 
 def test_only_stages_with_the_same_lineage_are_reused(tmp_path):
     full, skipped = stage_chain(STAGES), stage_chain(STAGES, ("highres",))
     other = write_run(tmp_path / "full", full, finished=STAGES)
-    assert reusable(other, "pretrain", skipped, 1, "abc") == other / "pretrain" / FINAL
-    assert reusable(other, "sft", skipped, 1, "abc") is None       # started from highres there
-    assert reusable(other, "pretrain", skipped, 2, "abc") is None  # another seed
-    assert reusable(other, "pretrain", skipped, 1, "xyz") is None  # another recipe
+    one, two = stage_seeds(skipped, 1), stage_seeds(skipped, 2)
+    assert reusable(other, "pretrain", skipped, one, "abc") == other / "pretrain" / FINAL
+    assert reusable(other, "sft", skipped, one, "abc") is None       # started from highres there
+    assert reusable(other, "pretrain", skipped, two, "abc") is None  # another seed
+    assert reusable(other, "pretrain", skipped, one, "xyz") is None  # another recipe
+    # an SFT seed sweep: pretrain and highres are the same, SFT is not
+    sweep = stage_seeds(full, 1, {"sft": 2})
+    assert sweep == {"pretrain": 1, "highres": 1, "sft": 2}
+    assert reusable(other, "highres", full, sweep, "abc") == other / "highres" / FINAL
+    assert reusable(other, "sft", full, sweep, "abc") is None
+    assert reusable(other, "highres", full, stage_seeds(full, 1, {"pretrain": 3}), "abc") is None
     copied = copy_stage(other / "pretrain" / FINAL, tmp_path / "ablation", "pretrain")
     assert copied.read_bytes() == b"weights of full/pretrain"
     with pytest.raises(MixdataError, match="not a training run folder"):
-        reusable(tmp_path / "nothing", "pretrain", skipped, 1, "abc")
+        reusable(tmp_path / "nothing", "pretrain", skipped, one, "abc")
+    with pytest.raises(MixdataError, match="--stage-seed highres"):
+        stage_seeds(skipped, 1, {"highres": 2})  # skipped: not trained
 
 
 def results(vqa, ocr, origin):

@@ -32,9 +32,13 @@ def register(sub) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="training seed (initialisation, data order); default train.seed, "
                              "else the recipe's seed")
+    parser.add_argument("--stage-seed", action="append", default=[], metavar="STAGE=N",
+                        help="this stage's seed instead of --seed's (repeatable); with --reuse, "
+                             "e.g. --stage-seed sft=2 retrains only SFT from the same high-res "
+                             "weights")
     parser.add_argument("--reuse", metavar="RUN", default=None,
                         help="copy, instead of training, each stage that run folder RUN "
-                             "finished with the same recipe, seed and stages before it")
+                             "finished with the same recipe, seeds and stages up to it")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: CUDA when available, else CPU")
     parser.add_argument("--resume", action="store_true",
@@ -46,6 +50,21 @@ def register(sub) -> None:
     parser.set_defaults(run=run)
 
 
+def parse_stage_seeds(items: list[str]) -> dict[str, int]:
+    """`["sft=2"]` -> {"sft": 2}; MixdataError naming a malformed item."""
+    from ..errors import MixdataError
+
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise MixdataError(f"--stage-seed {item!r}: expected STAGE=N with an integer N, "
+                               "e.g. --stage-seed sft=2") from None
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from ..recipe import load_recipe
     from ..train.run import train_recipe
@@ -53,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     folder = train_recipe(recipe, stage=args.stage, skip=tuple(args.skip), out=args.out,
                           device=args.device, resume=args.resume, progress=not args.quiet,
-                          workers=args.workers, seed=args.seed, reuse=args.reuse)
+                          workers=args.workers, seed=args.seed,
+                          stage_seed=parse_stage_seeds(args.stage_seed), reuse=args.reuse)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only the first rank reports
         print(f"run folder: {folder}")
     return 0

@@ -5,8 +5,8 @@ corpus is reproducible. The content is deliberately small and regular, so that a
 trained for minutes on a CPU can learn it and its eval scores mean something:
 - scenes: 1-3 shapes (6 colours x 4 shapes) at distinct positions on a 64x64 canvas;
 - text: short sentences from a ~50-word vocabulary that also names the colours and shapes;
-- codes: three digits ~8 px high, readable only when an image is kept at full resolution
-  (a high-res stage's tiles), not in the halved pre-training view.
+- codes: four digits ~15 px high, one per 64 px cell, readable only when an image is kept
+  at full resolution (a high-res stage's tiles), not in the pre-training view.
 
 Held-out eval content is chosen by a hash of a scene's (or code's) key, so training
 generators can skip it and the eval generator can draw only from it.
@@ -158,46 +158,34 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-# OCR codes: short digit strings, the demo's reading task. A code image is two 64 px tiles
-# wide; the code sits inside one of them, in glyphs of CODE_FONT px. The high-res stages keep
-# the image at its size (two tiles: each digit ~6 x 8 px, about one vision patch); the
-# pre-training view halves it (each digit ~3 x 4 px, a blur). `mixdata.demo.legibility`
+# OCR codes: 4-digit codes, the demo's reading task, printed one digit per 64 px cell (like
+# a form's digit boxes). The high-res stages keep a code image at its size, so each cell is
+# one tile and each digit (~13 x 15 px, two vision patches across) is sharp; pre-training's
+# one 64 px view shrinks the image 4x (each digit ~3 x 4 px, a blur). `mixdata.demo.legibility`
 # measures both.
 DIGITS = "0123456789"
-CODE_LENGTH = 3
-CODE_SIZE = (128, 64)
-CODE_FONT = 11
-CODE_TILE = 64
+CODE_LENGTH = 4
+CODE_CELL = 64
+CODE_SIZE = (CODE_LENGTH * CODE_CELL, CODE_CELL)
+CODE_FONT = 22
+CODE_JITTER = 3   # px a digit's centre moves from its cell's centre, each way
 CODE_INK = (20, 20, 20)
 PAPER = (250, 250, 245)
 
 
 @dataclass(frozen=True)
 class CodeRender:
-    """Where a code is drawn: in tile `tile` (0 left, 1 right) at (x, y) inside it.
+    """A code and where each digit's centre sits, as (dx, dy) from its cell's centre.
 
     Its key is the code alone, so a held-out code appears in no training image at all: the
     eval can only be passed by reading."""
 
     code: str
-    tile: int
-    x: int
-    y: int
+    shifts: tuple[tuple[int, int], ...]
 
     @property
     def key(self) -> str:
         return f"code:{self.code}"
-
-
-@cache
-def _code_width(code: str) -> int:
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    return int(np.ceil(probe.textlength(code, font=font(CODE_FONT))))
-
-
-def code_room(code: str) -> tuple[int, int]:
-    """Largest (x, y) that keeps `code` 2 px inside its tile."""
-    return CODE_TILE - _code_width(code) - 2, CODE_SIZE[1] - CODE_FONT - 4
 
 
 def random_code(rng: np.random.Generator, *, for_eval: bool = False) -> str:
@@ -208,25 +196,30 @@ def random_code(rng: np.random.Generator, *, for_eval: bool = False) -> str:
 
 
 def code_render(code: str, rng: np.random.Generator) -> CodeRender:
-    """`code` at a random tile and position."""
-    max_x, max_y = code_room(code)
-    return CodeRender(code, int(rng.integers(2)), int(rng.integers(2, max_x + 1)),
-                      int(rng.integers(2, max_y + 1)))
+    """`code` with each digit at a random shift."""
+    shifts = rng.integers(-CODE_JITTER, CODE_JITTER + 1, size=(len(code), 2))
+    return CodeRender(code, tuple((int(x), int(y)) for x, y in shifts))
 
 
 def random_code_render(rng: np.random.Generator, *, for_eval: bool = False) -> CodeRender:
     return code_render(random_code(rng, for_eval=for_eval), rng)
 
 
-def code_box(render: CodeRender) -> tuple[int, int, int, int]:
-    """The code's (x0, y0, x1, y1) in image pixels (the text's ink box)."""
-    x0, y0, x1, y1 = font(CODE_FONT).getbbox(render.code)
-    left = render.tile * CODE_TILE + render.x
-    return left + x0, render.y + y0, left + x1, render.y + y1
+def digit_boxes(render: CodeRender) -> list[tuple[int, int, int, int]]:
+    """Each digit's ink box (x0, y0, x1, y1) in image pixels, and where it is drawn from."""
+    out = []
+    for index, (digit, (dx, dy)) in enumerate(zip(render.code, render.shifts)):
+        x0, y0, x1, y1 = font(CODE_FONT).getbbox(digit)
+        left = index * CODE_CELL + CODE_CELL // 2 + dx - (x0 + x1) // 2
+        top = CODE_CELL // 2 + dy - (y0 + y1) // 2
+        out.append((left + x0, top + y0, left + x1, top + y1))
+    return out
 
 
 def draw_code(render: CodeRender) -> Image.Image:
     image = Image.new("RGB", CODE_SIZE, PAPER)
-    ImageDraw.Draw(image).text((render.tile * CODE_TILE + render.x, render.y), render.code,
-                               fill=CODE_INK, font=font(CODE_FONT))
+    draw = ImageDraw.Draw(image)
+    for digit, box in zip(render.code, digit_boxes(render)):
+        x0, y0, _, _ = font(CODE_FONT).getbbox(digit)
+        draw.text((box[0] - x0, box[1] - y0), digit, fill=CODE_INK, font=font(CODE_FONT))
     return image

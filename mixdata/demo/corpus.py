@@ -49,7 +49,7 @@ KINDS: dict[str, Kind] = {
     "renderedtext": Kind(ocr.write_renderedtext, 3000, "renderedtext/renderedtext-*.tar"),
     "cauldron_scenes": Kind(partial(sft.write_cauldron, category="scenes"), 400,
                             "sft/cauldron/scenes-*.parquet"),
-    "cauldron_ocr": Kind(partial(sft.write_cauldron, category="ocr"), 60,
+    "cauldron_ocr": Kind(partial(sft.write_cauldron, category="ocr"), 40,
                          "sft/cauldron/ocr-*.parquet"),
     "cauldron_counting": Kind(partial(sft.write_cauldron, category="counting"), 100,
                               "sft/cauldron/counting-*.parquet"),

@@ -7,10 +7,10 @@ stage's image policy exactly as a build does (`mixdata.image.process`), cuts the
 loader gives the model (`cut_tiles`), and identifies the digit of held-out drawings by their
 nearest neighbour among reference drawings.
 
-The reader is told where the code is (`content.code_box`). It looks in the view that holds
-the code's centre at the finest scale the policy offers (a tile when the image is tiled; the
-one view otherwise), inverts it so ink is positive, crops a fixed window around the ink's
-centroid and normalises it to unit length. Centring removes the generator's position
+The reader is told where the first digit is (`content.digit_boxes`). It looks in the view
+that holds the digit's centre at the finest scale the policy offers (a tile when the image is
+tiled; the one view otherwise), inverts it so ink is positive, crops a fixed window around
+the ink's centroid and normalises it to unit length. Centring removes the generator's position
 jitter, so what is left is what the pixels say about the digit. Accuracy 1.0 means every
 digit is told apart; 0.1 is chance. A trained model could do somewhat better than a template
 matcher at low resolution, but not where a digit is a few blurred pixels whose shape depends
@@ -77,8 +77,8 @@ def code_reader_accuracy(policy: ImagePolicy, *, references: int = 20, trials: i
     digit, drawn as the demo draws codes and seen through `policy`."""
     rng = np.random.default_rng(seed)
     width = content.CODE_SIZE[0]
-    code_px = max(content.font(content.CODE_FONT).getbbox(d * content.CODE_LENGTH)[2]
-                  for d in content.DIGITS)
+    glyph = [max(content.font(content.CODE_FONT).getbbox(d)[i] for d in content.DIGITS)
+             for i in (2, 3)]
 
     def patches(count: int) -> tuple[np.ndarray, np.ndarray]:
         rows, labels = [], []
@@ -87,8 +87,8 @@ def code_reader_accuracy(policy: ImagePolicy, *, references: int = 20, trials: i
                 render = content.code_render(content.DIGITS[digit] * content.CODE_LENGTH, rng)
                 views, plan = code_views(render, policy)
                 scale = plan.resized_size[0] / width
-                size = (math.ceil(code_px * scale) + 2, math.ceil(content.CODE_FONT * scale) + 2)
-                grey, box = code_window(views, plan, content.code_box(render), width)
+                size = (math.ceil(glyph[0] * scale) + 2, math.ceil(glyph[1] * scale) + 2)
+                grey, box = code_window(views, plan, content.digit_boxes(render)[0], width)
                 rows.append(code_patch(grey, box, size))
                 labels.append(digit)
         return np.stack(rows), np.asarray(labels)

@@ -1,6 +1,6 @@
 """SFT kinds of the demo corpus: the_cauldron parquet (three categories), LLaVA JSON and
 chat-messages jsonl. Questions about scenes have one-word answers; OCR questions ask for the
-digit code drawn in a 128x64 image (`content.draw_code`). There are few of them on purpose:
+digit code drawn in a 256x64 image (`content.draw_code`). There are few of them on purpose:
 SFT teaches the question, the high-res stage teaches the reading.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .files import (
 )
 
 OCR_QUESTION = "What number is written?"
-CHAT_OCR_SHARE = 0.1  # of chat rows: OCR questions
+CHAT_OCR_SHARE = 0.05 # of chat rows: OCR questions
 DESCRIBE = "Describe the image."
 
 CAULDRON_SCHEMA = pa.schema([

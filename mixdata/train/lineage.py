@@ -3,13 +3,15 @@
 A run's *chain* is the recipe's stages in order minus the ones skipped (`mixdata train
 --skip highres`): each stage of the chain starts from the final weights of the stage before
 it in the chain, so skipping highres makes SFT start from pretrain. The chain, the skipped
-stages and the seed are written to `run.json`; a run folder is never continued with another
-chain or seed, because its later stages would not follow from its earlier ones.
+stages and each stage's seed (`--seed`, or `--stage-seed STAGE=N` for one stage) are written
+to `run.json`; a run folder is never continued with another chain or seeds, because its later
+stages would not follow from its earlier ones.
 
-A stage's *lineage* is everything its weights depend on: the recipe (its hash), the seed and
-the chain up to and including that stage. Two runs whose lineage for a stage agree train
-that stage identically, so `--reuse OTHER_RUN` copies it instead of training it again (the
-demo's no-high-res ablation reuses the full run's pretrain stage).
+A stage's *lineage* is everything its weights depend on: the recipe (its hash), the chain up
+to and including that stage and the seeds of those stages. Two runs whose lineage for a stage
+agree train that stage identically, so `--reuse OTHER_RUN` copies it instead of training it
+again (the demo's no-high-res ablation reuses the full run's pretrain stage; an SFT seed
+sweep reuses pretrain and highres).
 """
 from __future__ import annotations
 
@@ -70,6 +72,21 @@ def stages_to_train(chain: Chain, stage: str, recipe_name: str) -> list[str]:
     return [stage]
 
 
+def stage_seeds(chain: Chain, seed: int, overrides: dict[str, int] | None = None) -> dict[str, int]:
+    """Each chain stage's seed: `seed`, or its entry in `overrides`."""
+    overrides = overrides or {}
+    unknown = [s for s in overrides if s not in chain.stages]
+    if unknown:
+        raise MixdataError(f"--stage-seed {unknown[0]}=...: the run trains no such stage; "
+                           f"stages: {', '.join(chain.stages)}")
+    return {s: overrides.get(s, seed) for s in chain.stages}
+
+
+def saved_seeds(saved: dict, chain: Chain) -> dict[str, int]:
+    """The seeds a run.json records (files without `seeds`: `seed` for every stage)."""
+    return saved.get("seeds") or dict.fromkeys(chain.stages, saved.get("seed"))
+
+
 def read_run_file(run_dir: Path) -> dict | None:
     path = Path(run_dir) / RUN_FILE
     if not path.exists():
@@ -87,30 +104,35 @@ def saved_chain(saved: dict, recipe_stages: list[str]) -> Chain:
                  skipped=tuple(saved.get("skipped", ())))
 
 
-def check_continuation(run_dir: Path, chain: Chain, seed: int, recipe_sha256: str) -> None:
-    """Refuse to add stages to a run folder trained with another chain, seed or recipe."""
+def check_continuation(run_dir: Path, chain: Chain, seeds: dict[str, int],
+                       recipe_sha256: str) -> None:
+    """Refuse to add stages to a run folder trained with another chain, seeds or recipe."""
     saved = read_run_file(run_dir)
     if saved is None:
         return
     before = saved_chain(saved, list(chain.stages))
-    found = {"stages": before.describe(), "seed": saved.get("seed", seed),
+    found = {"stages": before.describe(), "seeds": saved_seeds(saved, before),
              "recipe": saved.get("recipe_sha256", recipe_sha256)}
-    wanted = {"stages": chain.describe(), "seed": seed, "recipe": recipe_sha256}
+    wanted = {"stages": chain.describe(), "seeds": seeds, "recipe": recipe_sha256}
     for key in found:
         if found[key] != wanted[key]:
             raise MixdataError(
                 f"{run_dir} was trained with {key} {found[key]!r}, this run asks for "
-                f"{wanted[key]!r}; use a new --out (or the same --skip/--seed/recipe)")
+                f"{wanted[key]!r}; use a new --out (or the same --skip/--seed/--stage-seed/recipe)")
 
 
-def reusable(other: Path, name: str, chain: Chain, seed: int, recipe_sha256: str) -> Path | None:
+def reusable(other: Path, name: str, chain: Chain, seeds: dict[str, int],
+             recipe_sha256: str) -> Path | None:
     """`other/<name>/final.pt` when that run trained `name` with the same lineage."""
     saved = read_run_file(other)
     if saved is None:
         raise MixdataError(f"--reuse {other}: not a training run folder (no {RUN_FILE})")
     theirs = saved_chain(saved, list(chain.stages))
-    if (saved.get("recipe_sha256") != recipe_sha256 or saved.get("seed") != seed
-            or name not in theirs.stages or theirs.lineage(name) != chain.lineage(name)):
+    if (saved.get("recipe_sha256") != recipe_sha256 or name not in theirs.stages
+            or theirs.lineage(name) != chain.lineage(name)):
+        return None
+    their_seeds = saved_seeds(saved, theirs)
+    if any(their_seeds.get(s) != seeds[s] for s in chain.lineage(name)):
         return None
     final = Path(other) / name / FINAL
     return final if final.exists() else None

@@ -24,6 +24,7 @@ from .lineage import (
     copy_stage,
     reusable,
     stage_chain,
+    stage_seeds,
     stages_to_train,
 )
 from .loop import StageRun, train_stage
@@ -38,22 +39,23 @@ METRICS = "metrics.jsonl"
 def train_recipe(recipe, *, stage: str = "all", skip: tuple[str, ...] = (),
                  out: str | Path | None = None, device: str = "auto", resume: bool = False,
                  progress: bool = True, workers: int = 1, seed: int | None = None,
+                 stage_seed: dict[str, int] | None = None,
                  reuse: str | Path | None = None) -> Path:
     """Train the recipe's stages in order, minus `skip` (or only `stage`); returns the run
     folder. Each stage starts from the last one trained before it in that chain. `seed`
-    overrides `train.seed`; `reuse` names a run folder whose stages with the same lineage
-    are copied instead of trained."""
+    overrides `train.seed`, `stage_seed` one stage's seed; `reuse` names a run folder whose
+    stages with the same lineage are copied instead of trained."""
     config = parse_train(recipe)
     chain = stage_chain(list(recipe.stages), skip, recipe.name)
     names = stages_to_train(chain, stage, recipe.name)
     if seed is None:
         seed = config.seed if config.seed is not None else recipe.seed
-    base_seed = seed
+    seeds = stage_seeds(chain, seed, stage_seed)
     run_dir = Path(out) if out is not None else Path("runs") / recipe.name
     ctx = init_distributed(device)
     try:
         _check_fresh(run_dir, names, resume)
-        check_continuation(run_dir, chain, base_seed, recipe.sha256)
+        check_continuation(run_dir, chain, seeds, recipe.sha256)
         from ..tokens import load_tokenizer
 
         tokenizer = load_tokenizer(recipe.tokenizer)
@@ -62,14 +64,15 @@ def train_recipe(recipe, *, stage: str = "all", skip: tuple[str, ...] = (),
             check_tokens_per_tile(model, stage_tile(recipe.stages[name].image),
                                   recipe.image_tokens_per_tile, f"stage {name}")
         if ctx.is_main:
-            _write_run_file(run_dir, recipe, config, model, chain, base_seed)
+            _write_run_file(run_dir, recipe, config, model, chain, seed, seeds)
         for name in names:
             fresh = not (run_dir / name / FINAL).exists()
             if reuse is not None and fresh and _reuse_stage(Path(reuse), recipe, chain, name,
-                                                            run_dir, ctx, base_seed):
+                                                            run_dir, ctx, seeds):
                 continue
             _run_stage(recipe, config, model, chain, name, run_dir, ctx, tokenizer=tokenizer,
-                       resume=resume, progress=progress, workers=workers, base_seed=base_seed)
+                       resume=resume, progress=progress, workers=workers,
+                       base_seed=seeds[name])
     finally:
         shutdown(ctx)
     return run_dir
@@ -86,10 +89,11 @@ def _check_fresh(run_dir: Path, names: list[str], resume: bool) -> None:
 
 
 def _write_run_file(run_dir: Path, recipe, config: TrainConfig, model: ModelConfig,
-                    chain: Chain, seed: int) -> None:
+                    chain: Chain, seed: int, seeds: dict[str, int]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {"recipe_file": recipe.file, "recipe": recipe.raw, "recipe_sha256": recipe.sha256,
                "stages": list(chain.stages), "skipped": list(chain.skipped), "seed": seed,
+               "seeds": seeds,
                "model": {"preset": config.model_spec.preset, "connector": model.connector.kind,
                          "parameters": count_parameters_of(model)}}
     write_json_atomic(run_dir / RUN_FILE, json.loads(json.dumps(payload, default=str)),
@@ -115,9 +119,9 @@ def previous_final(chain: Chain, run_dir: Path, name: str) -> Path | None:
 
 
 def _reuse_stage(other: Path, recipe, chain: Chain, name: str, run_dir: Path, ctx: Dist,
-                 seed: int) -> bool:
+                 seeds: dict[str, int]) -> bool:
     """Copy stage `name` from run `other` when it has the same lineage there."""
-    final = reusable(other, name, chain, seed, recipe.sha256)
+    final = reusable(other, name, chain, seeds, recipe.sha256)
     if final is None:
         return False
     if ctx.is_main:
@@ -126,7 +130,7 @@ def _reuse_stage(other: Path, recipe, chain: Chain, name: str, run_dir: Path, ct
         table = json.loads(table_path.read_text()) if table_path.exists() else {}
         if name in table:
             record_eval(run_dir, name, table[name])
-        print(f"stage {name}: reused {final} (same recipe, seed and stages up to it: "
+        print(f"stage {name}: reused {final} (same recipe, seeds and stages up to it: "
               f"{' -> '.join(chain.lineage(name))})")
         print_table(run_dir)
     barrier(ctx)
