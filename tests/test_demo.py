@@ -204,9 +204,11 @@ def test_renderedtext_tar(demo, manifest):
             found["missing_field"] += 1
         else:
             assert Image.open(io.BytesIO(members["png"])).size == content.CODE_SIZE
-            code, = annotation["ocr_annotation"]["text"]  # one training-split code
-            assert len(code) == content.CODE_LENGTH and code.isdigit()
-            assert not content.held_out(f"code:{code}")
+            codes = annotation["ocr_annotation"]["text"]  # a training-split code per tile
+            assert len(codes) == content.CODE_SIZE[0] // content.CODE_TILE
+            for code in codes:
+                assert len(code) == content.CODE_LENGTH and code.isdigit()
+                assert not content.held_out(f"code:{code}")
     assert found == manifest["kinds"]["renderedtext"]["malformed"]
 
 

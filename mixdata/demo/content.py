@@ -5,8 +5,9 @@ corpus is reproducible. The content is deliberately small and regular, so that a
 trained for minutes on a CPU can learn it and its eval scores mean something:
 - scenes: 1-3 shapes (6 colours x 4 shapes) at distinct positions on a 64x64 canvas;
 - text: short sentences from a ~50-word vocabulary that also names the colours and shapes;
-- codes: four digits ~15 px high, one per 64 px cell, readable only when an image is kept
-  at full resolution (a high-res stage's tiles), not in the pre-training view.
+- codes: four digits ~14 px high in the first 64 px of a 256 px label, readable only when
+  the label is kept at full resolution (a high-res stage's tiles), not in the pre-training
+  view.
 
 Held-out eval content is chosen by a hash of a scene's (or code's) key, so training
 generators can skip it and the eval generator can draw only from it.
@@ -158,17 +159,18 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-# OCR codes: 4-digit codes, the demo's reading task, printed one digit per 64 px cell (like
-# a form's digit boxes). The high-res stages keep a code image at its size, so each cell is
-# one tile and each digit (~13 x 15 px, two vision patches across) is sharp; pre-training's
-# one 64 px view shrinks the image 4x (each digit ~3 x 4 px, a blur). `mixdata.demo.legibility`
-# measures both.
+# OCR codes: 4-digit codes, the demo's reading task, printed in the first 64 px of a 256 x 64
+# label (a 16 px cell per digit; the rest of the label is blank). The high-res stages keep the
+# label at its size, so the code fills the first tile and each digit (~12 x 14 px) is sharp;
+# pre-training's one 64 px view shrinks the label 4x (each digit ~3 x 4 px, a blur).
+# `mixdata.demo.legibility` measures both.
 DIGITS = "0123456789"
 CODE_LENGTH = 4
-CODE_CELL = 64
-CODE_SIZE = (CODE_LENGTH * CODE_CELL, CODE_CELL)
-CODE_FONT = 22
-CODE_JITTER = 3   # px a digit's centre moves from its cell's centre, each way
+CODE_CELL = 16    # px per digit
+CODE_TILE = 64    # the code's box: the label's first tile
+CODE_SIZE = (4 * CODE_TILE, CODE_TILE)
+CODE_FONT = 20
+CODE_JITTER = (2, 4)   # px a digit's centre moves from its cell's centre, each way (x, y)
 CODE_INK = (20, 20, 20)
 PAPER = (250, 250, 245)
 
@@ -182,7 +184,7 @@ class CodeRender:
 
     code: str
     shifts: tuple[tuple[int, int], ...]
-
+    tile: int = 0  # which 64 px tile of the label holds it
     @property
     def key(self) -> str:
         return f"code:{self.code}"
@@ -195,10 +197,11 @@ def random_code(rng: np.random.Generator, *, for_eval: bool = False) -> str:
             return code
 
 
-def code_render(code: str, rng: np.random.Generator) -> CodeRender:
-    """`code` with each digit at a random shift."""
-    shifts = rng.integers(-CODE_JITTER, CODE_JITTER + 1, size=(len(code), 2))
-    return CodeRender(code, tuple((int(x), int(y)) for x, y in shifts))
+def code_render(code: str, rng: np.random.Generator, tile: int = 0) -> CodeRender:
+    """`code` in tile `tile` with each digit at a random shift."""
+    x = rng.integers(-CODE_JITTER[0], CODE_JITTER[0] + 1, size=len(code))
+    y = rng.integers(-CODE_JITTER[1], CODE_JITTER[1] + 1, size=len(code))
+    return CodeRender(code, tuple((int(a), int(b)) for a, b in zip(x, y)), tile)
 
 
 def random_code_render(rng: np.random.Generator, *, for_eval: bool = False) -> CodeRender:
@@ -210,16 +213,24 @@ def digit_boxes(render: CodeRender) -> list[tuple[int, int, int, int]]:
     out = []
     for index, (digit, (dx, dy)) in enumerate(zip(render.code, render.shifts)):
         x0, y0, x1, y1 = font(CODE_FONT).getbbox(digit)
-        left = index * CODE_CELL + CODE_CELL // 2 + dx - (x0 + x1) // 2
-        top = CODE_CELL // 2 + dy - (y0 + y1) // 2
+        left = render.tile * CODE_TILE + index * CODE_CELL + CODE_CELL // 2 + dx - (x0 + x1) // 2
+        top = CODE_TILE // 2 + dy - (y0 + y1) // 2
         out.append((left + x0, top + y0, left + x1, top + y1))
     return out
 
 
-def draw_code(render: CodeRender) -> Image.Image:
+def draw_code(*renders: CodeRender) -> Image.Image:
+    """A label holding each of `renders` (a code per tile at most)."""
     image = Image.new("RGB", CODE_SIZE, PAPER)
     draw = ImageDraw.Draw(image)
-    for digit, box in zip(render.code, digit_boxes(render)):
-        x0, y0, _, _ = font(CODE_FONT).getbbox(digit)
-        draw.text((box[0] - x0, box[1] - y0), digit, fill=CODE_INK, font=font(CODE_FONT))
+    for render in renders:
+        for digit, box in zip(render.code, digit_boxes(render)):
+            x0, y0, _, _ = font(CODE_FONT).getbbox(digit)
+            draw.text((box[0] - x0, box[1] - y0), digit, fill=CODE_INK, font=font(CODE_FONT))
     return image
+
+
+def code_sheet(rng: np.random.Generator) -> list[CodeRender]:
+    """Training codes in every tile of a label: four times the reading per image, for the
+    high-res stage (SFT and eval labels hold one code, in the first tile)."""
+    return [code_render(random_code(rng), rng, tile) for tile in range(CODE_SIZE[0] // CODE_TILE)]

@@ -72,16 +72,16 @@ def write_pdf(root: Path, count: int, rng: np.random.Generator) -> KindReport:
 
 def write_renderedtext(root: Path, count: int, rng: np.random.Generator) -> KindReport:
     """`renderedtext/renderedtext-0000.tar`: `KEY.png` + `KEY.json` holding
-    `{"ocr_annotation": {"text": [code]}}`: one training-split code per image, the
-    demo's reading lesson."""
+    `{"ocr_annotation": {"text": [code, ...]}}`: a training-split code in each 64 px tile,
+    left to right, the demo's reading lesson."""
     report = KindReport()
     defects = broken_slots(rng, count, ["image_broken", "missing_field"])
     with TarBuilder(root / "renderedtext" / "renderedtext-0000.tar") as tar:
         for index in range(count):
             key, defect = f"{index:07d}", defects.get(index)
-            render = content.random_code_render(rng)
-            image = png_bytes(content.draw_code(render))
-            annotation = {"ocr_annotation": {"text": [render.code]},
+            sheet = content.code_sheet(rng)
+            image = png_bytes(content.draw_code(*sheet))
+            annotation = {"ocr_annotation": {"text": [r.code for r in sheet]},
                           "image_size": list(content.CODE_SIZE)}
             if defect == "image_broken":
                 image = broken_image(rng)
