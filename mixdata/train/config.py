@@ -20,15 +20,31 @@ train:
 
 Everything has a default, so `train: {model: tiny}` trains every stage of the recipe.
 `batch_tokens` fixes gradient accumulation: micro_batch × seq_len × ranks × accumulation.
+
+Real models (`mixdata.train.hf`, needs the `hf` extra):
+- `model: {hf: DIR}`: an HF VLM folder (Idefics3/SmolVLM, LLaVA-NeXT, Qwen2-VL; local or any
+  fsspec URL), trained on shards built with that model's tokenizer folder as `tokenizer:`
+  (its dialect). Optional `attention` (auto, sdpa, flex_attention, flash_attention_2,
+  eager) and `lr` (the learning rate of stages that name none, default 1e-4).
+- `model: {vision: DIR, lm: DIR, connector: {kind: pixel_shuffle, shuffle: 2}}`: an HF
+  vision tower (SigLIP, SigLIP2, CLIP) and causal LM (Llama, Qwen2, SmolLM2) joined by
+  mixdata's connector (or `{kind: perceiver, latents: 64}`), on idefics3-dialect shards
+  (`tokenizer: {path: LM_DIR, add_tokens: true}` with an `idefics3` image preset).
+- `trainable` and `lr` name the same three modules, mapped onto each architecture's own
+  vision tower, connector (projector / merger) and language model (with its head).
+- Each stage's `final/` is a `save_pretrained` folder (tokenizer and processor included,
+  LoRA merged) that `AutoModelForImageTextToText.from_pretrained` opens; the next stage
+  starts from it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 from ..config import Invalid, parse
 from ..errors import RecipeError
+from .hf.spec import ComposedModelSpec, HFModelSpec, real_model_spec
 
 MODULES = ("vision", "connector", "lm")
 Mode = Literal["frozen", "full", "lora"]
@@ -80,7 +96,8 @@ class StepBudget:
     tokens: float | None = None
 
     def __post_init__(self) -> None:
-        given = [(k, v) for k, v in (("steps", self.steps), ("tokens", self.tokens)) if v is not None]
+        given = [(k, v) for k, v in (("steps", self.steps), ("tokens", self.tokens))
+                 if v is not None]
         if len(given) != 1:
             raise Invalid("", dict(given), "exactly one of steps, tokens")
         if given[0][1] <= 0:
@@ -100,7 +117,7 @@ class EvalSpec:
 class StageTrain:
     trainable: Trainable = field(default_factory=Trainable)
     lora: LoraSpec = field(default_factory=LoraSpec)
-    lr: Union[float, ModuleLR, None] = None   # None: the preset's learning rate
+    lr: float | ModuleLR | None = None   # None: the preset's learning rate
     warmup: int = 10
     min_lr_ratio: float = 0.1
     budget: StepBudget | None = None           # None: one pass over the stage's shards
@@ -132,7 +149,7 @@ class StageTrain:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    model: Union[Literal["tiny", "small", "base"], ModelSpec] = "tiny"
+    model: Literal["tiny", "small", "base"] | ModelSpec | HFModelSpec | ComposedModelSpec = "tiny"
     micro_batch: int = 8
     checkpoint_every: int = 100
     seed: int | None = None          # None: the recipe's seed
@@ -146,8 +163,20 @@ class TrainConfig:
             raise Invalid("checkpoint_every", self.checkpoint_every, "a positive number of steps")
 
     @property
+    def real_model(self) -> bool:
+        """A real (HF) model rather than a built-in preset: `mixdata.train.hf` trains it."""
+        return isinstance(self.model, (HFModelSpec, ComposedModelSpec))
+
+    @property
     def model_spec(self) -> ModelSpec:
+        """The built-in preset's spec (not defined for a real model)."""
+        if self.real_model:
+            raise TypeError(f"train.model is a real model ({self.model.label}), not a preset")
         return self.model if isinstance(self.model, ModelSpec) else ModelSpec(preset=self.model)
+
+    @property
+    def model_label(self) -> str:
+        return self.model.label if self.real_model else self.model_spec.preset
 
     def stage(self, name: str) -> StageTrain:
         return self.stages.get(name, StageTrain())
@@ -155,7 +184,11 @@ class TrainConfig:
 
 def parse_train(recipe) -> TrainConfig:
     """The recipe's `train:` section as a TrainConfig; unknown stages are errors."""
-    config = parse(TrainConfig, recipe.train or {}, "train", recipe.file)
+    raw = dict(recipe.train or {})
+    real = real_model_spec(raw.get("model"))
+    if real is not None:  # parsed on its own, so an error names its keys, not a preset's
+        raw["model"] = parse(real, raw["model"], "train.model", recipe.file)
+    config = parse(TrainConfig, raw, "train", recipe.file)
     for name in config.stages:
         if name not in recipe.stages:
             raise RecipeError(f"train.stages.{name}", name,

@@ -17,7 +17,8 @@ def shard_folder(recipe, stage: str) -> Path:
     return default_out(recipe, stage)
 
 
-def ensure_shards(recipe, stage: str, ctx: Dist, *, workers: int = 1, progress: bool = True) -> Path:
+def ensure_shards(recipe, stage: str, ctx: Dist, *, workers: int = 1,
+                  progress: bool = True) -> Path:
     """The stage's shard folder; the main rank builds it first when it has no manifest."""
     folder = shard_folder(recipe, stage)
     if ctx.is_main and not (folder / "manifest.json").exists():
@@ -53,16 +54,18 @@ def stage_tile(policy) -> int:
     return tile
 
 
-def open_data(folder: Path, plan: StepPlan, ctx: Dist, *, seed: int, workers: int | None = None):
+def open_data(folder: Path, plan: StepPlan, ctx: Dist, *, seed: int, workers: int | None = None,
+              collate=None):
     """An endless, resumable stream of this rank's micro-batches from the stage's shards.
 
     `mixdata.load` splits the shards over ranks with equal batches per rank, so no rank runs
     dry first; its DataLoader workers (default: 1 on CPU, where cores are scarce, 4 on GPU)
-    decode images while the model computes.
+    decode images while the model computes. `collate`: None for the batch contract (the
+    built-in model), or a model family's (`mixdata.loading.families`) for an HF model.
     """
     if workers is None:
         workers = 4 if ctx.device.type == "cuda" else 1
     dataset = load(str(folder), batch_size=plan.micro_batch, seed=seed, rank=ctx.rank,
-                   world_size=ctx.world_size)
+                   world_size=ctx.world_size, collate=collate)
     return dataset.loader(num_workers=workers, pin_memory=ctx.device.type == "cuda",
                           persistent_workers=workers > 0)

@@ -10,20 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
 
 from ..errors import MixdataError
+from ..loading import normalize_pixels
 from .checkpoint import CHECKPOINT, restore_checkpoint, save_checkpoint
 from .config import StageTrain, StepPlan
 from .ddp import Dist, all_sum, gather_objects
-from .metrics import (MetricsLog, doc_lengths_squared, flop_model, format_summary, mfu,
-                      peak_flops, summarize)
-from ..loading import normalize_pixels
+from .metrics import (
+    MetricsLog,
+    doc_lengths_squared,
+    flop_model,
+    format_summary,
+    mfu,
+    peak_flops,
+    summarize,
+)
 from .model import IGNORE, token_losses
 
 
@@ -46,6 +54,9 @@ class StageRun:
     checkpoint_every: int
     pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # how batches reach the model (`to_device`, `inputs`, `meter`): None for the batch
+    # contract and the built-in VLM (`ContractFeed`); `mixdata.train.hf.feed.HFFeed` for HF
+    feed: object | None = None
 
 
 def autocast_for(device: torch.device):
@@ -63,14 +74,38 @@ def to_device(batch: dict, device: torch.device, mean, std) -> dict:
     return moved
 
 
+CONTRACT_INPUTS = ("input_ids", "position_ids", "doc_ids", "pixel_values", "tile_spans")
+
+
 def model_inputs(batch: dict) -> tuple:
-    return (batch["input_ids"], batch["position_ids"], batch["doc_ids"], batch["pixel_values"],
-            batch["tile_spans"])
+    return tuple(batch[key] for key in CONTRACT_INPUTS)
+
+
+def contract_inputs(batch: dict) -> dict:
+    """The built-in VLM's forward keyword arguments from a device batch."""
+    return dict(zip(CONTRACT_INPUTS, model_inputs(batch)))
+
+
+class ContractFeed:
+    """The batch contract fed to the built-in VLM (pixels normalised on the device)."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = mean, std
+
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        return to_device(batch, device, self.mean, self.std)
+
+    def inputs(self, batch: dict) -> dict:
+        return contract_inputs(batch)
+
+    def meter(self, model) -> _Meter:
+        return _Meter(model)
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list[dict], *, ctx: Dist,
-               grad_clip: float | None) -> tuple[float, int]:
-    """One optimizer step over device batches; returns (mean loss, supervised tokens), global."""
+               grad_clip: float | None, inputs=contract_inputs) -> tuple[float, int]:
+    """One optimizer step over device batches; returns (mean loss, supervised tokens), global.
+    `inputs(batch)` gives the model's keyword arguments; `batch["labels"]` are pre-shifted."""
     local = sum(int((b["labels"] != IGNORE).sum()) for b in micro_batches)
     total = int(all_sum(ctx, torch.tensor(local, dtype=torch.int64, device=ctx.device)))
     if total == 0:
@@ -83,12 +118,13 @@ def train_step(model, optimizer, scheduler, micro_batches: list[dict], *, ctx: D
         sync = contextlib.nullcontext() if last or not ctx.active else model.no_sync()
         with sync:
             with autocast_for(ctx.device):
-                logits = model(*model_inputs(batch))
+                logits = model(**inputs(batch))
             loss_sum, _ = token_losses(logits, batch["labels"])
             (loss_sum * scale).backward()
         summed += loss_sum.detach()
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(trained, grad_clip)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -121,7 +157,8 @@ def train_stage(model, wrapped, optimizer, scheduler, data: BatchSource, run: St
     Returns the losses of the steps run in this call.
     """
     start = _maybe_resume(model, optimizer, scheduler, data, run, ctx, resume)
-    meter, peak = _Meter(model), peak_flops(ctx.device)
+    feed = run.feed or ContractFeed(run.pixel_mean, run.pixel_std)
+    meter, peak = feed.meter(model), peak_flops(ctx.device)
     stream = iter(data)
     bar = tqdm(total=run.plan.steps, initial=start, desc=f"train {run.name}", unit="step",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)
@@ -129,10 +166,10 @@ def train_stage(model, wrapped, optimizer, scheduler, data: BatchSource, run: St
     for step in range(start, run.plan.steps):
         began = time.perf_counter()
         host = [next(stream) for _ in range(run.plan.accumulation)]
-        device_batches = [to_device(b, ctx.device, run.pixel_mean, run.pixel_std) for b in host]
+        device_batches = [feed.to_device(b, ctx.device) for b in host]
         waited = time.perf_counter() - began
         loss, supervised = train_step(wrapped, optimizer, scheduler, device_batches, ctx=ctx,
-                                      grad_clip=run.spec.grad_clip)
+                                      grad_clip=run.spec.grad_clip, inputs=feed.inputs)
         elapsed = time.perf_counter() - began
         counts = all_sum(ctx, meter.measure(host)).tolist()
         losses.append(loss)

@@ -37,6 +37,12 @@ def train_recipe(recipe, *, stage: str = "all", out: str | Path | None = None,
     ctx = init_distributed(device)
     try:
         _check_fresh(run_dir, names, resume)
+        if config.real_model:  # an HF VLM or a composed tower + LM: mixdata.train.hf
+            from .hf.run import train_hf
+
+            train_hf(recipe, config, names, run_dir, ctx, resume=resume, progress=progress,
+                     workers=workers)
+            return run_dir
         from ..tokens import load_tokenizer
 
         tokenizer = load_tokenizer(recipe.tokenizer)
@@ -57,7 +63,8 @@ def train_recipe(recipe, *, stage: str = "all", out: str | Path | None = None,
 def _check_fresh(run_dir: Path, names: list[str], resume: bool) -> None:
     if resume:
         return
-    taken = [n for n in names if (run_dir / n / CHECKPOINT).exists() or (run_dir / n / FINAL).exists()]
+    taken = [n for n in names
+             if (run_dir / n / CHECKPOINT).exists() or (run_dir / n / FINAL).exists()]
     if taken:
         raise MixdataError(f"{run_dir} already holds stage {taken[0]!r}; pass --resume to "
                            "continue it, or --out to start a new run")
@@ -102,7 +109,8 @@ def _run_stage(recipe, config: TrainConfig, model: ModelConfig, name: str, run_d
     manifest = read_stage_manifest(shard_dir, recipe, name, tokenizer)
     policy = recipe.stages[name].image
     spec = config.stage(name)
-    seed = (config.seed if config.seed is not None else recipe.seed) + 1000 * list(recipe.stages).index(name)
+    base_seed = config.seed if config.seed is not None else recipe.seed
+    seed = base_seed + 1000 * list(recipe.stages).index(name)
     plan = plan_steps(spec, default_micro_batch=config.micro_batch, seq_len=manifest.seq_len,
                       world_size=ctx.world_size, available_sequences=manifest.samples)
     init_from = previous_final(recipe, run_dir, name)
