@@ -14,13 +14,29 @@ from dialect_shards import write_sources
 from test_dialect_idefics3 import idefics3_setup, smolvlm_setup
 from test_dialect_llava_next import llava_setup
 from test_dialect_qwen2vl import qwen_setup
-from transformers import (AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, Idefics3Config,
-                          Idefics3ForConditionalGeneration, LlamaConfig, LlamaForCausalLM,
-                          LlavaNextConfig, LlavaNextForConditionalGeneration, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                          SiglipConfig, SiglipModel, SiglipVisionConfig, SiglipVisionModel,
-                          Siglip2VisionConfig, Siglip2VisionModel, SmolVLMConfig,
-                          SmolVLMForConditionalGeneration)
+from transformers import (
+    AutoTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Siglip2VisionConfig,
+    Siglip2VisionModel,
+    SiglipConfig,
+    SiglipModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+)
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # "Loading weights" bars would flood the test output
@@ -184,3 +200,29 @@ def setup_recipe(setup: Setup, root, **kwargs):
     return train_recipe_for(root, tokenizer=str(setup.folder), image=setup.image_settings(),
                             tokens_per_tile=setup.tokens_per_tile,
                             model={"hf": str(setup.folder)}, **kwargs)
+
+
+def composed_setup(root, *, tower: str = "siglip", lm: str = "llama", seed: int = 0):
+    """(Setup of the LM's folder in the idefics3 dialect, ComposedModelSpec fields): a tower
+    and an LM folder under `root`; tile 32, patch 8, pixel shuffle 2 -> 4 tokens per tile."""
+    from mixdata.image import ImagePolicy
+
+    tower_dir = tower_folder(root / f"tower-{tower}", tower, seed=seed)
+    lm_dir = lm_folder(root / f"lm-{lm}", lm, seed=seed)
+    policy = ImagePolicy(preset="idefics3", longest_edge=96, tile=32, encode="png")
+    setup = Setup("idefics3", lm_dir, None, policy, 4)
+    return setup, {"vision": str(tower_dir), "lm": str(lm_dir)}
+
+
+def built(setup: Setup, root, *, add_tokens: bool = False, seq_len: int = 512,
+          budget: int = 3000):
+    """One stage of the dialect sources built in `setup`'s dialect, repeated up to `budget`
+    tokens (a few packed sequences); returns the shard folder."""
+    from mixdata.building import build_stage
+
+    tokenizer = {"path": str(setup.folder), "add_tokens": True} if add_tokens \
+        else str(setup.folder)
+    recipe = train_recipe_for(root, tokenizer=tokenizer, image=setup.image_settings(),
+                              tokens_per_tile=setup.tokens_per_tile, model="tiny",
+                              stages=("sft",), seq_len=seq_len, budget=budget)
+    return build_stage(recipe, "sft", out=root / "out", progress=False)
