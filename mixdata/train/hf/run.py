@@ -122,8 +122,10 @@ def train_hf(recipe, config: TrainConfig, names: list[str], run_dir: Path, ctx: 
 
 
 def run_stage(recipe, config: TrainConfig, name: str, run_dir: Path, ctx: Dist, *, tokenizer,
-              resume: bool, progress: bool, workers: int) -> Path:
-    """One stage on a real model; returns its `final/` folder."""
+              resume: bool, progress: bool = True, workers: int = 1,
+              stop_after: int | None = None) -> Path | None:
+    """One stage on a real model; returns its `final/` folder. `stop_after` ends the stage
+    after that step, as a crash would (tests): no `final/`, returns None."""
     folder = run_dir / name
     if resume and (folder / FINAL_DIR / "config.json").exists():
         if ctx.is_main:
@@ -161,7 +163,9 @@ def run_stage(recipe, config: TrainConfig, name: str, run_dir: Path, ctx: Dist, 
                    checkpoint_every=config.checkpoint_every, feed=HFFeed())
     log = MetricsLog(run_dir / METRICS if ctx.is_main else None)
     train_stage(model, wrap_model(ctx, model), optimizer, scheduler, data, run, ctx=ctx,
-                log=log, resume=resume, progress=progress)
+                log=log, resume=resume, stop_after=stop_after, progress=progress)
+    if stop_after is not None and stop_after < plan.steps:
+        return None
     final = folder / FINAL_DIR
     if ctx.is_main:
         export_final(model, folder, tokenizer=tokenizer, dialect=manifest.dialect,
