@@ -124,7 +124,7 @@ def test_stages_train_resume_exactly_and_export(kind, tmp_path, monkeypatch):
     arch = ARCHS[json.loads((straight / "sft" / "final" / "config.json").read_text())
                  ["model_type"]]
     check_modes(arch, weights(straight / "pretrain" / "final"), weights(straight / "sft" / "final"))
-    lrs = [json.loads(line)["lr"] for line in open(straight / "metrics.jsonl")][-1]
+    lrs = json.loads((straight / "metrics.jsonl").read_text().splitlines()[-1])["lr"]
     assert {"connector", "lm"} <= set(lrs) <= {"connector", "connector.no_decay", "lm"}
     assert lrs["connector"] == pytest.approx(3 * lrs["lm"])
 
