@@ -24,6 +24,7 @@ from ..ddp import Dist, barrier, wrap_model
 from ..loop import StageRun, train_stage
 from ..metrics import MetricsLog
 from ..optim import build_scheduler
+from .arch import arch_of
 from .check import check_fit, fit_vocabulary
 from .export import FINAL_DIR, export_final
 from .feed import HFFeed
@@ -35,11 +36,13 @@ from .wrapper import HFTrainModel
 RUN_FILE, METRICS = "run.json", "metrics.jsonl"
 
 
-def model_tokenizer(recipe, folder: Path | None):
-    """The tokenizer of a model folder in the recipe's dialect (None: the folder has none)."""
+def model_tokenizer(recipe, folder: Path | None, config):
+    """The tokenizer of a model folder in the recipe's dialect (None: the folder has none,
+    or the model reads another family, which `check_fit` then reports)."""
     from ...tokens.hf import load_model_tokenizer
 
-    if folder is None or not (Path(folder) / "tokenizer.json").is_file():
+    if folder is None or not (Path(folder) / "tokenizer.json").is_file() or \
+            arch_of(config).family != recipe.family:
         return None
     grid = max_grid([s.image for s in recipe.stages.values()])
     return load_model_tokenizer(str(folder), recipe.family, add_tokens=recipe.add_tokens,
@@ -104,7 +107,7 @@ def train_hf(recipe, config: TrainConfig, names: list[str], run_dir: Path, ctx: 
                                "continue it, or --out to start a new run")
     first = previous_final(recipe, run_dir, names[0])
     model_config = start_config(config.model, tokenizer, first)
-    own = model_tokenizer(recipe, source_folder(config.model, first))
+    own = model_tokenizer(recipe, source_folder(config.model, first), model_config)
     for name in names:  # before any build: a mismatch would waste it
         check_fit(dialect_of(tokenizer, recipe, name), model_config, where=f"stage {name}",
                   rebuild=rebuild_advice(recipe, name),
@@ -134,10 +137,10 @@ def run_stage(recipe, config: TrainConfig, name: str, run_dir: Path, ctx: Dist, 
     shard_dir = ensure_shards(recipe, name, ctx, workers=workers, progress=progress)
     manifest = read_stage_manifest(shard_dir, recipe, name, tokenizer)
     init_from = previous_final(recipe, run_dir, name)
-    own = model_tokenizer(recipe, source_folder(config.model, init_from))
     spec, stage_index = config.stage(name), list(recipe.stages).index(name)
     seed = (config.seed if config.seed is not None else recipe.seed) + 1000 * stage_index
     hf = load_model(config.model, tokenizer, seed=seed, init_from=init_from, device=ctx.device)
+    own = model_tokenizer(recipe, source_folder(config.model, init_from), hf.config)
     where = f"{shard_dir}/manifest.json"
     check_fit(manifest.dialect, hf.config, where=where, rebuild=rebuild_advice(recipe, name),
               model_tokenizer_sha=own.sha256 if own else None)
