@@ -143,7 +143,7 @@ def test_model_folders_load_from_fsspec_urls_once(idefics3, monkeypatch, tmp_pat
     remote, direct = load_pretrained(local, "sdpa"), load_pretrained(idefics3.folder, "sdpa")
     for (name, a), (_, b) in zip(remote.named_parameters(), direct.named_parameters()):
         assert torch.equal(a, b), name
-    with pytest.raises(MixdataError, match="holds no config.json"):
+    with pytest.raises(MixdataError, match=r"holds no config\.json"):
         fs.pipe("/models/empty/readme.txt", b"x")
         local_folder("memory://models/empty")
     with pytest.raises(MixdataError, match="expected a save_pretrained folder"):

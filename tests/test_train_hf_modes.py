@@ -69,9 +69,9 @@ def test_groups_move_exactly_their_outputs(kinds, kind):
     groups = model.group_parameters()
     assert sum(len(v) for v in groups.values()) == len(list(model.hf.parameters()))
     base_image, base_text = logits(model, with_images), logits(model, text)
-    for group, named in groups.items():
+    for group in groups:
         moved = HFTrainModel(make()).eval()
-        for name, param in moved.group_parameters()[group]:
+        for _, param in moved.group_parameters()[group]:
             with torch.no_grad():
                 param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
         image_moves = not torch.allclose(logits(moved, with_images), base_image)
@@ -82,7 +82,7 @@ def test_groups_move_exactly_their_outputs(kinds, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_modes_and_learning_rates_act_on_the_groups(kinds, kind):
-    make, with_images, text = kinds[kind]
+    make, with_images, _ = kinds[kind]
     model = HFTrainModel(make())
     stage = StageTrain(trainable=Trainable(vision="lora", connector="frozen", lm="full"),
                        lr=ModuleLR(vision=1e-3, lm=2e-3))
