@@ -24,6 +24,9 @@ from transformers import (
     LlamaForCausalLM,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen2VLConfig,
@@ -43,7 +46,7 @@ hf_logging.disable_progress_bar()  # "Loading weights" bars would flood the test
 LM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
           num_key_value_heads=2, max_position_embeddings=2048)
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-KINDS = ("idefics3", "smolvlm", "llava-next", "qwen2vl")
+KINDS = ("idefics3", "smolvlm", "llava-next", "qwen2vl", "qwen2.5vl")
 
 
 def _ids(setup: Setup) -> dict:
@@ -105,6 +108,23 @@ def qwen_model(setup: Setup, *, seed: int = 0) -> Setup:
     return _save(Qwen2VLForConditionalGeneration(config), setup)
 
 
+def qwen25_model(setup: Setup, *, seed: int = 0) -> Setup:
+    """Qwen2.5-VL: window attention in the tower (window 56 px, block 1 full), RMSNorm MLP."""
+    ids, tok = _ids(setup)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                  out_hidden_size=LM["hidden_size"], patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+    text = dict(LM, **ids, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                           "mrope_section": [2, 3, 3]})
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text,
+                              image_token_id=tok.image_id,
+                              vision_start_token_id=tok.roles["vision_start"],
+                              vision_end_token_id=tok.roles["vision_end"],
+                              video_token_id=tok.hf.convert_tokens_to_ids("<|video_pad|>"))
+    torch.manual_seed(seed)
+    return _save(Qwen2_5_VLForConditionalGeneration(config), setup)
+
+
 def model_setup(kind: str, folder) -> Setup:
     """A dialect setup of `kind` (KINDS) with its tiny model saved into the same folder."""
     if kind == "idefics3":
@@ -115,6 +135,8 @@ def model_setup(kind: str, folder) -> Setup:
         return llava_model(llava_setup(folder))
     if kind == "qwen2vl":
         return qwen_model(qwen_setup(folder))
+    if kind == "qwen2.5vl":
+        return qwen25_model(qwen_setup(folder, processor_class=Qwen2_5_VLProcessor))
     raise ValueError(kind)
 
 

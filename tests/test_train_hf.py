@@ -1,5 +1,6 @@
 """The bundled trainer on real models, one test per supported kind (Idefics3, SmolVLM,
-LLaVA-NeXT, Qwen2-VL, and a SigLIP tower + Llama LM composed with mixdata's connector), on
+LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, and a SigLIP tower + Llama LM composed with mixdata's
+connector), on
 shards built in the model's dialect, two stages (pretrain -> sft):
 
 - a few steps run and the loss falls;
@@ -97,7 +98,8 @@ def generate_on(final, setup, kind: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["idefics3", "smolvlm", "llava-next", "qwen2vl", "composed"])
+@pytest.mark.parametrize("kind", ["idefics3", "smolvlm", "llava-next", "qwen2vl", "qwen2.5vl",
+                                  "composed"])
 def test_stages_train_resume_exactly_and_export(kind, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # shards/<recipe>/<stage> under the test's folder
     setup, recipe = recipe_of(kind, tmp_path)

@@ -26,7 +26,7 @@ from mixdata.train.hf.spec import ComposedModelSpec, ConnectorSpec
 
 TOLERANCE = 1e-5
 FAMILY = {"idefics3": "idefics3", "smolvlm": "idefics3", "llava-next": "llava-next",
-          "qwen2vl": "qwen2vl"}
+          "qwen2vl": "qwen2vl", "qwen2.5vl": "qwen2vl"}
 
 
 def sequences(out) -> list[PackedSequence]:
@@ -118,3 +118,21 @@ def test_composed_packed_logits_equal_documents_alone(tower, lm, connector, tmp_
     hf = compose(ComposedModelSpec(**parts, connector=connector), tokenizer, seed=0,
                  attention="sdpa").eval()
     assert check_packed(hf, out, "idefics3") < TOLERANCE
+
+
+@pytest.mark.parametrize("kind", list(FAMILY))
+def test_the_models_own_loss_on_family_labels_is_the_contract_loss(kind, tmp_path):
+    """`model(**batch).loss` (transformers shifts the unshifted labels) equals mixdata's
+    token loss on the pre-shifted contract labels: the README's own-loop recipe is right."""
+    from mixdata import load
+    from mixdata.train.hf.feed import shift_labels
+    from mixdata.train.model import token_losses
+
+    setup = model_setup(kind, tmp_path / "model")
+    out = built(setup, tmp_path)
+    hf = load_pretrained(setup.folder, "sdpa")
+    batch = next(iter(load(out, batch_size=2, collate=FAMILY[kind], seed=2)))
+    output = hf(**batch.to("cpu"))
+    summed, count = token_losses(output.logits, shift_labels(batch["labels"]))
+    assert int(count) > 0
+    assert float(output.loss) == pytest.approx(float(summed / count), rel=1e-5)

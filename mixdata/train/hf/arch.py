@@ -90,10 +90,12 @@ class VisionFacts:
 
 def vision_facts(config) -> VisionFacts:
     arch, vision = arch_of(config), config.vision_config
-    if arch.family == "qwen2vl":
+    if arch.family == "qwen2vl":  # Qwen2-VL names the width embed_dim, Qwen2.5-VL hidden_size
+        hidden = getattr(vision, "embed_dim", None) or vision.hidden_size
+        mlp = getattr(vision, "intermediate_size", None) or \
+            int(hidden * getattr(vision, "mlp_ratio", 4))
         return VisionFacts(tile=None, tokens_per_view=None, patch=vision.patch_size,
-                           hidden=vision.embed_dim, layers=vision.depth,
-                           mlp=int(vision.embed_dim * getattr(vision, "mlp_ratio", 4)),
+                           hidden=hidden, layers=vision.depth, mlp=mlp,
                            unit=vision.patch_size * vision.spatial_merge_size,
                            merge=vision.spatial_merge_size,
                            temporal=vision.temporal_patch_size)
