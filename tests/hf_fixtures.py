@@ -12,6 +12,7 @@ import torch
 from dialect_fixtures import Setup, train_bpe, write_tokenizer
 from dialect_shards import write_sources
 from test_dialect_idefics3 import idefics3_setup, smolvlm_setup
+from test_dialect_internvl import internvl_setup
 from test_dialect_llava_next import llava_setup
 from test_dialect_qwen2vl import qwen_setup
 from transformers import (
@@ -20,6 +21,8 @@ from transformers import (
     CLIPVisionModel,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     LlamaConfig,
     LlamaForCausalLM,
     LlavaNextConfig,
@@ -46,7 +49,7 @@ hf_logging.disable_progress_bar()  # "Loading weights" bars would flood the test
 LM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
           num_key_value_heads=2, max_position_embeddings=2048)
 TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-KINDS = ("idefics3", "smolvlm", "llava-next", "qwen2vl", "qwen2.5vl")
+KINDS = ("idefics3", "smolvlm", "llava-next", "qwen2vl", "qwen2.5vl", "internvl")
 
 
 def _ids(setup: Setup) -> dict:
@@ -125,6 +128,18 @@ def qwen25_model(setup: Setup, *, seed: int = 0) -> Setup:
     return _save(Qwen2_5_VLForConditionalGeneration(config), setup)
 
 
+def internvl_model(setup: Setup, *, seed: int = 0) -> Setup:
+    """InternVL: its own ViT (CLS token, dropped), pixel shuffle 0.5, a Qwen2 LM."""
+    ids, tok = _ids(setup)
+    tile = setup.policy.tile
+    vision = dict(TOWER, image_size=[tile, tile], patch_size=[8, 8])
+    config = InternVLConfig(vision_config=vision, text_config=dict(LM, model_type="qwen2", **ids),
+                            image_token_id=tok.image_id, downsample_ratio=0.5,
+                            image_seq_length=setup.tokens_per_tile)
+    torch.manual_seed(seed)
+    return _save(InternVLForConditionalGeneration(config), setup)
+
+
 def model_setup(kind: str, folder) -> Setup:
     """A dialect setup of `kind` (KINDS) with its tiny model saved into the same folder."""
     if kind == "idefics3":
@@ -135,6 +150,8 @@ def model_setup(kind: str, folder) -> Setup:
         return llava_model(llava_setup(folder))
     if kind == "qwen2vl":
         return qwen_model(qwen_setup(folder))
+    if kind == "internvl":
+        return internvl_model(internvl_setup(folder))
     if kind == "qwen2.5vl":
         return qwen25_model(qwen_setup(folder, processor_class=Qwen2_5_VLProcessor))
     raise ValueError(kind)

@@ -1,6 +1,6 @@
 """The bundled trainer on real models, one test per supported kind (Idefics3, SmolVLM,
-LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, and a SigLIP tower + Llama LM composed with mixdata's
-connector), on
+LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, InternVL, and a SigLIP tower + Llama LM composed with
+mixdata's connector), on
 shards built in the model's dialect, two stages (pretrain -> sft):
 
 - a few steps run and the loss falls;
@@ -79,7 +79,7 @@ def generate_on(final, setup, kind: str) -> None:
     model = AutoModelForImageTextToText.from_pretrained(str(final)).eval()
     if kind in ("idefics3", "llava-next", "composed"):
         processor = AutoProcessor.from_pretrained(str(final))
-    else:  # SmolVLM / Qwen2-VL processors insist on a video processor (torchvision): the
+    else:  # SmolVLM / Qwen2-VL / InternVL processors insist on a video processor: the
         # processor is made from final/'s own image processor, tokenizer, template and config
         images = type(setup.processor.image_processor).from_pretrained(str(final))
         options = json.loads((final / "processor_config.json").read_text())
@@ -99,7 +99,7 @@ def generate_on(final, setup, kind: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["idefics3", "smolvlm", "llava-next", "qwen2vl", "qwen2.5vl",
-                                  "composed"])
+                                  "internvl", "composed"])
 def test_stages_train_resume_exactly_and_export(kind, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # shards/<recipe>/<stage> under the test's folder
     setup, recipe = recipe_of(kind, tmp_path)

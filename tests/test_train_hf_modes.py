@@ -20,12 +20,14 @@ from mixdata.train.hf.spec import ComposedModelSpec, ConnectorSpec
 from mixdata.train.hf.wrapper import HFTrainModel
 from mixdata.train.lora import LoRALinear
 
-KINDS = ["idefics3", "smolvlm", "llava-next", "qwen2vl", "qwen2.5vl", "composed-clip"]
+KINDS = ["idefics3", "smolvlm", "llava-next", "qwen2vl", "qwen2.5vl", "internvl",
+         "composed-clip"]
 BLOCKS = {"idefics3": {"Idefics3EncoderLayer", "LlamaDecoderLayer"},
           "smolvlm": {"SmolVLMEncoderLayer", "LlamaDecoderLayer"},
           "llava-next": {"CLIPEncoderLayer", "LlamaDecoderLayer"},
           "qwen2vl": {"Qwen2VLVisionBlock", "Qwen2VLDecoderLayer"},
           "qwen2.5vl": {"Qwen2_5_VLVisionBlock", "Qwen2_5_VLDecoderLayer"},
+          "internvl": {"InternVLVisionLayer", "Qwen2DecoderLayer"},
           "composed-clip": {"CLIPEncoderLayer", "Qwen2DecoderLayer"}}
 
 
@@ -132,7 +134,7 @@ def test_a_batch_without_images_reaches_every_trainable_parameter(kinds, kind):
             any("post_layernorm" in n for n in unreachable)
     if kind == "composed-clip":  # CLIP's post-layernorm only feeds its pooled output
         assert unreachable and all("post_layernorm" in n for n in unreachable)
-    if kind in ("idefics3", "smolvlm", "qwen2vl", "qwen2.5vl"):
+    if kind in ("idefics3", "smolvlm", "qwen2vl", "qwen2.5vl", "internvl"):
         assert unreachable == []
 
 

@@ -26,7 +26,7 @@ from mixdata.train.hf.spec import ComposedModelSpec, ConnectorSpec
 
 TOLERANCE = 1e-5
 FAMILY = {"idefics3": "idefics3", "smolvlm": "idefics3", "llava-next": "llava-next",
-          "qwen2vl": "qwen2vl", "qwen2.5vl": "qwen2vl"}
+          "qwen2vl": "qwen2vl", "qwen2.5vl": "qwen2vl", "internvl": "internvl"}
 
 
 def sequences(out) -> list[PackedSequence]:

@@ -7,7 +7,8 @@ trainer reads data through `mixdata.load` like any user; the core never imports 
 Modules: `config` (the recipe's `train:` section), `vision` / `connector` / `lm` / `model`
 (the network and its presets), `attention` (document-isolated attention), `lora`, `optim`,
 `loop` (one stage's steps), `stage` (set-up and hand-over), `checkpoint`, `metrics`, `ddp`,
-`data`, `batch`, `evaluate`, `report`, `run`.
+`data`, `batch`, `evaluate`, `report`, `run`; `hf` (real models: HF VLM folders and composed
+vision tower + LM, `train.model: {hf: ...}` / `{vision: ..., lm: ...}`).
 """
 from __future__ import annotations
 

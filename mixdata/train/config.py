@@ -22,8 +22,8 @@ Everything has a default, so `train: {model: tiny}` trains every stage of the re
 `batch_tokens` fixes gradient accumulation: micro_batch × seq_len × ranks × accumulation.
 
 Real models (`mixdata.train.hf`, needs the `hf` extra):
-- `model: {hf: DIR}`: an HF VLM folder (Idefics3/SmolVLM, LLaVA-NeXT, Qwen2-VL; local or any
-  fsspec URL), trained on shards built with that model's tokenizer folder as `tokenizer:`
+- `model: {hf: DIR}`: an HF VLM folder (Idefics3/SmolVLM, LLaVA-NeXT, Qwen2-VL/Qwen2.5-VL,
+  InternVL; local or any fsspec URL), trained on shards built with that model's tokenizer folder as `tokenizer:`
   (its dialect). Optional `attention` (auto, sdpa, flex_attention, flash_attention_2,
   eager) and `lr` (the learning rate of stages that name none, default 1e-4).
 - `model: {vision: DIR, lm: DIR, connector: {kind: pixel_shuffle, shuffle: 2}}`: an HF

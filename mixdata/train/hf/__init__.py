@@ -1,8 +1,8 @@
 """Real models in the bundled trainer: HF VLM folders and composed tower + LM models.
 
 - `spec`: `train.model` as `{hf: DIR}` or `{vision: DIR, lm: DIR, connector: {...}}` (pure);
-- `arch`: per architecture (Idefics3, SmolVLM, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, mixdata's
-  composed `mixdata_vlm`): dialect family, vision / connector / LM parameter names, vision
+- `arch`: per architecture (Idefics3, SmolVLM, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, InternVL,
+  mixdata's composed `mixdata_vlm`): dialect family, vision / connector / LM parameter names, vision
   geometry;
 - `composed`: the composed model as a transformers model (registered with the auto classes);
 - `load`: folders (local or fsspec) -> models, the attention implementation;

@@ -51,6 +51,9 @@ ARCHS: dict[str, Arch] = {
     "llava_next": Arch("llava_next", "llava-next", (
         ("model.vision_tower.", VISION), ("model.multi_modal_projector.", CONNECTOR),
         ("model.image_newline", CONNECTOR), ("model.language_model.", LM), ("lm_head.", LM))),
+    "internvl": Arch("internvl", "internvl", (
+        ("model.vision_tower.", VISION), ("model.multi_modal_projector.", CONNECTOR),
+        ("model.language_model.", LM), ("lm_head.", LM))),
     "qwen2_vl": Arch("qwen2_vl", "qwen2vl", _QWEN),
     "qwen2_5_vl": Arch("qwen2_5_vl", "qwen2vl", _QWEN),
 }
@@ -99,17 +102,29 @@ def vision_facts(config) -> VisionFacts:
                            unit=vision.patch_size * vision.spatial_merge_size,
                            merge=vision.spatial_merge_size,
                            temporal=vision.temporal_patch_size)
-    grid = vision.image_size // vision.patch_size
+    tile, patch = _side(vision.image_size), _side(vision.patch_size)
+    grid = tile // patch
     has_cls = vision.model_type.startswith("clip")
     if arch.model_type == "mixdata_vlm":
         tokens = config.connector_tokens(grid)
     elif arch.family == "idefics3":
         tokens = (grid // config.scale_factor) ** 2
+    elif arch.family == "internvl":  # pixel shuffle by 1 / downsample_ratio, CLS dropped
+        tokens = int(grid * config.downsample_ratio) ** 2
     else:  # llava-next: the unpadded grid varies, a base view is grid² (+ CLS when "full")
         tokens = grid * grid + (has_cls and config.vision_feature_select_strategy == "full")
-    return VisionFacts(tile=vision.image_size, tokens_per_view=tokens, patch=vision.patch_size,
+    return VisionFacts(tile=tile, tokens_per_view=tokens, patch=patch,
                        hidden=vision.hidden_size, layers=vision.num_hidden_layers,
                        mlp=vision.intermediate_size, has_cls=has_cls)
+
+
+def _side(value) -> int:
+    """A square size given as an int or (height, width) (InternVL's vision config)."""
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise MixdataError(f"a non-square vision size {value} is not supported")
+        return int(value[0])
+    return int(value)
 
 
 def image_token_id(config) -> int:
@@ -129,9 +144,12 @@ def blank_image_loss(hf, arch: Arch, scale: float = 0.0) -> torch.Tensor:
         grid = torch.tensor([[1, facts.merge, facts.merge]], device=device)
         out = hf.model.get_image_features(pixel_values=pixels, image_grid_thw=grid)
     else:
-        tile = config.vision_config.image_size
+        tile = _side(config.vision_config.image_size)
         if arch.family == "llava-next":
             out = _llava_blank(hf, tile, device, dtype)
+        elif arch.family == "internvl":  # its views come flat: [N, 3, T, T]
+            pixels = torch.zeros(1, 3, tile, tile, device=device, dtype=dtype)
+            out = hf.model.get_image_features(pixel_values=pixels)
         else:  # all-zero views are dropped as padding, so the blank view is ones
             pixels = torch.ones(1, 1, 3, tile, tile, device=device, dtype=dtype)
             out = hf.model.get_image_features(pixel_values=pixels)

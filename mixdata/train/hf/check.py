@@ -65,7 +65,7 @@ def _geometry(dialect, config, arch) -> list[str]:
         out.append(f"tile {tile} px, the vision tower reads {facts.tile} px "
                    f"(set image.tile: {facts.tile})")
     grid = facts.tile // facts.patch
-    want = (grid // config.scale_factor) ** 2 if arch.family == "idefics3" else grid * grid
+    want = grid * grid if arch.family == "llava-next" else facts.tokens_per_view
     if tokens != want:
         out.append(f"image_tokens_per_tile is {tokens}, the model makes {want} per tile "
                    f"(set image_tokens_per_tile: {want})")
