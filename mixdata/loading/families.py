@@ -230,8 +230,10 @@ class FamilyCollator:
 
     # --- batching ------------------------------------------------------------------------
     def collate(self, rows: list[Row], allocate=None) -> ModelBatch:
-        """The ModelBatch of `rows`; `allocate` is accepted for the loader's interface (the
-        float pixels are made here). Raises RowFailed naming a row whose image fails."""
+        """The ModelBatch of `rows`. `allocate` (the loader's uint8 pixel allocator) is not
+        used: the float pixels are made here, and a DataLoader worker's tensors reach the
+        main process through torch's shared-memory pickling. Raises RowFailed naming a row
+        whose image does not decode."""
         input_ids, labels, positions, _ = text_arrays(rows, self.spec)
         views = self._decode(rows)
         out = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
@@ -239,7 +241,9 @@ class FamilyCollator:
         if self.family == "qwen2vl":
             out["position_ids"] = torch.from_numpy(self._mrope(rows, positions))
         if any(len(v) for v in views):
-            out.update(getattr(self, "_pixels_" + self.family.replace("-", "_"))(rows, views))
+            pixels = {"idefics3": self._pixels_idefics3, "llava-next": self._pixels_llava_next,
+                      "qwen2vl": self._pixels_qwen2vl, "internvl": self._pixels_internvl}
+            out.update(pixels[self.family](rows, views))
         flat = [image for row_views in views for image in row_views]
         return ModelBatch(out, batch_stats(rows, flat))
 
@@ -351,13 +355,14 @@ def family_collator(options: FamilyCollate | str, manifest, url: str) -> FamilyC
     if isinstance(options, str):
         options = FamilyCollate(family=options)
     dialect, geometry = manifest.dialect, manifest.geometry
+    if dialect.family == "mixdata":
+        raise MixdataError(f"{url}: the shards are in mixdata's own dialect, which the "
+                           "default collate batches (collate=None)")
     if dialect.family != options.family:
         raise MixdataError(f"{url}: the shards are in the {dialect.family} dialect; "
                            f"collate={options.family!r} needs shards built with a "
                            f"{options.family} model's tokenizer (or use collate="
-                           f"{dialect.family!r})" if dialect.family != "mixdata" else
-                           f"{url}: the shards are in mixdata's own dialect; the default "
-                           "collate batches them (collate=None)")
+                           f"{dialect.family!r})")
     tile = geometry.tile
     if options.family == "qwen2vl":
         tile = options.patch_size * options.merge_size
