@@ -23,9 +23,9 @@ Everything has a default, so `train: {model: tiny}` trains every stage of the re
 
 Real models (`mixdata.train.hf`, needs the `hf` extra):
 - `model: {hf: DIR}`: an HF VLM folder (Idefics3/SmolVLM, LLaVA-NeXT, Qwen2-VL/Qwen2.5-VL,
-  InternVL; local or any fsspec URL), trained on shards built with that model's tokenizer folder as `tokenizer:`
-  (its dialect). Optional `attention` (auto, sdpa, flex_attention, flash_attention_2,
-  eager) and `lr` (the learning rate of stages that name none, default 1e-4).
+  InternVL; local or any fsspec URL), trained on shards built with that model's tokenizer
+  folder as `tokenizer:` (its dialect). Optional `attention` (auto, sdpa, flex_attention,
+  flash_attention_2, eager) and `lr` (the learning rate of stages that name none, 1e-4).
 - `model: {vision: DIR, lm: DIR, connector: {kind: pixel_shuffle, shuffle: 2}}`: an HF
   vision tower (SigLIP, SigLIP2, CLIP) and causal LM (Llama, Qwen2, SmolLM2) joined by
   mixdata's connector (or `{kind: perceiver, latents: 64}`), on idefics3-dialect shards
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import Invalid, parse
-from ..errors import RecipeError
+from ..errors import MixdataError, RecipeError
 from .hf.spec import ComposedModelSpec, HFModelSpec, real_model_spec
 
 MODULES = ("vision", "connector", "lm")
@@ -171,7 +171,8 @@ class TrainConfig:
     def model_spec(self) -> ModelSpec:
         """The built-in preset's spec (not defined for a real model)."""
         if self.real_model:
-            raise TypeError(f"train.model is a real model ({self.model.label}), not a preset")
+            raise MixdataError(f"train.model is a real model ({self.model.label}), not a "
+                               "built-in preset; the held-out eval runs for the presets only")
         return self.model if isinstance(self.model, ModelSpec) else ModelSpec(preset=self.model)
 
     @property
