@@ -5,16 +5,19 @@
 for B rows of L = seq_len tokens:
 - `input_ids` int64 [B, L], padded with the dialect's pad id;
 - `position_ids` int64 [B, L], restarting at 0 for each document and for the padding run.
-  With no `attention_mask` and no cache, transformers' `masking_utils` reads restarting
-  positions as packed sequences and builds the block-causal mask (sdpa, eager, flex);
-  flash-attention-2 turns them into varlen `cu_seqlens`. So no `attention_mask` is given;
+  transformers (5.24, `masking_utils._preprocess_mask_arguments`) reads packed sequences
+  from the positions only when there is no `attention_mask` and no cache:
+  `find_packed_sequence_indices` starts a sequence wherever a position is not the previous
+  one plus 1, and the block-causal mask follows (sdpa, eager, flex); flash-attention-2 turns
+  the same positions into varlen `cu_seqlens`. A 2-D `attention_mask` or a cache turns that
+  off and documents silently attend to each other, so no `attention_mask` is given;
 - `labels` int64 [B, L], **not shifted**: `labels[b, t]` is `input_ids[b, t]` when token t
   is a supervised target, else -100. The model shifts them inside its loss (transformers'
   `ForCausalLMLoss`: logits at t predict labels[t + 1]). The first token of every document
   is -100, so the target of a document's last token is never the next document's first
   token, and padding is -100;
-- `use_cache` False: a cache turns transformers' packed-sequence detection off (and training
-  needs none).
+- `use_cache` False: configs default to True (Idefics3's model then builds a cache), which
+  would turn the packed-sequence detection off; training needs no cache.
 
 Family keys (absent when the batch holds no image, as with the processor):
 - `idefics3` (Idefics3, SmolVLM, mixdata's composed model): `pixel_values` float32
