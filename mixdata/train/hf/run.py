@@ -124,6 +124,25 @@ def train_hf(recipe, config: TrainConfig, names: list[str], run_dir: Path, ctx: 
                   progress=progress, workers=workers)
 
 
+def stage_model(recipe, config: TrainConfig, name: str, *, tokenizer, dialect, where: str,
+                seed: int, init_from: Path | None, ctx: Dist) -> HFTrainModel:
+    """The stage's model on CPU: loaded (the previous `final/` or the spec), checked against
+    the shards' `dialect`, its embeddings fitted to it, the stage's modes applied."""
+    hf = load_model(config.model, tokenizer, seed=seed, init_from=init_from, device=ctx.device)
+    own = model_tokenizer(recipe, source_folder(config.model, init_from), hf.config)
+    check_fit(dialect, hf.config, where=where, rebuild=rebuild_advice(recipe, name),
+              model_tokenizer_sha=own.sha256 if own else None)
+    if fit_vocabulary(hf, dialect, where=where) and ctx.is_main:
+        print(f"stage {name}: grew the embeddings to {dialect.vocab_size} tokens (added: "
+              f"{', '.join(dialect.added_tokens)})")
+    model = HFTrainModel(hf)
+    unreachable = apply_modes(model, config.stage(name), seed=seed)
+    if unreachable and ctx.is_main:
+        print(f"stage {name}: {len(unreachable)} parameters get no gradient and stay frozen "
+              f"({', '.join(unreachable[:4])}{' ...' if len(unreachable) > 4 else ''})")
+    return model
+
+
 def run_stage(recipe, config: TrainConfig, name: str, run_dir: Path, ctx: Dist, *, tokenizer,
               resume: bool, progress: bool = True, workers: int = 1,
               stop_after: int | None = None) -> Path | None:
@@ -139,20 +158,9 @@ def run_stage(recipe, config: TrainConfig, name: str, run_dir: Path, ctx: Dist, 
     init_from = previous_final(recipe, run_dir, name)
     spec, stage_index = config.stage(name), list(recipe.stages).index(name)
     seed = (config.seed if config.seed is not None else recipe.seed) + 1000 * stage_index
-    hf = load_model(config.model, tokenizer, seed=seed, init_from=init_from, device=ctx.device)
-    own = model_tokenizer(recipe, source_folder(config.model, init_from), hf.config)
-    where = f"{shard_dir}/manifest.json"
-    check_fit(manifest.dialect, hf.config, where=where, rebuild=rebuild_advice(recipe, name),
-              model_tokenizer_sha=own.sha256 if own else None)
-    if fit_vocabulary(hf, manifest.dialect, where=where) and ctx.is_main:
-        print(f"stage {name}: grew the embeddings to {manifest.dialect.vocab_size} tokens "
-              f"(added: {', '.join(manifest.dialect.added_tokens)})")
-    model = HFTrainModel(hf)
-    unreachable = apply_modes(model, spec, seed=seed)
-    if unreachable and ctx.is_main:
-        print(f"stage {name}: {len(unreachable)} parameters get no gradient and stay frozen "
-              f"({', '.join(unreachable[:4])}{' ...' if len(unreachable) > 4 else ''})")
-    model.to(ctx.device)
+    model = stage_model(recipe, config, name, tokenizer=tokenizer, dialect=manifest.dialect,
+                        where=f"{shard_dir}/manifest.json", seed=seed, init_from=init_from,
+                        ctx=ctx).to(ctx.device)
     plan = plan_steps(spec, default_micro_batch=config.micro_batch, seq_len=manifest.seq_len,
                       world_size=ctx.world_size, available_sequences=manifest.samples)
     optimizer = build_optimizer(model, spec, default_lr=config.model.lr)
@@ -169,14 +177,13 @@ def run_stage(recipe, config: TrainConfig, name: str, run_dir: Path, ctx: Dist, 
                 log=log, resume=resume, stop_after=stop_after, progress=progress)
     if stop_after is not None and stop_after < plan.steps:
         return None
-    final = folder / FINAL_DIR
     if ctx.is_main:
-        export_final(model, folder, tokenizer=tokenizer, dialect=manifest.dialect,
-                     sources=[tokenizer.folder, source_folder(config.model, init_from)])
+        final = export_final(model, folder, tokenizer=tokenizer, dialect=manifest.dialect,
+                             sources=[tokenizer.folder, source_folder(config.model, init_from)])
         print(f"stage {name}: final model in {final} (eval on the demo split runs for the "
               "built-in presets only)")
     barrier(ctx)
-    return final
+    return folder / FINAL_DIR
 
 
 def family_collate(model: HFTrainModel) -> FamilyCollate:
