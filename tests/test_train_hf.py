@@ -15,6 +15,8 @@ shards built in the model's dialect, two stages (pretrain -> sft):
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ from hf_fixtures import COMPOSED_IMAGE, composed_setup, model_setup, setup_recip
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-import mixdata.train.hf  # noqa: F401 - registers the composed model type with the auto classes
+import mixdata.train.hf.composed  # noqa: F401 - registers the composed type with the auto classes
 from mixdata.manifest import read_manifest
 from mixdata.tokens.dialect import recipe_tokenizer
 from mixdata.tokens.hf import load_model_tokenizer
@@ -34,6 +36,10 @@ from mixdata.train.hf.arch import ARCHS
 from mixdata.train.run import train_recipe
 
 CPU = Dist(0, 1, torch.device("cpu"))
+RELOAD = ("import sys; import mixdata.train.hf.composed; "
+          "from transformers import AutoModelForImageTextToText, AutoProcessor; "
+          "AutoModelForImageTextToText.from_pretrained(sys.argv[1]); "
+          "AutoProcessor.from_pretrained(sys.argv[1])")
 SFT = {"trainable": {"vision": "frozen", "connector": "full", "lm": "lora"},
        "lora": {"rank": 4, "alpha": 8}, "lr": {"connector": 6e-3, "lm": 2e-3}}
 
@@ -135,3 +141,5 @@ def test_stages_train_resume_exactly_and_export(kind, tmp_path, monkeypatch):
     assert load_model_tokenizer(str(final), recipe.family, grid=3).sha256 == \
         dialect.tokenizer_sha256
     generate_on(final, setup, kind)
+    if kind == "composed":  # what the docs say, in a fresh interpreter
+        subprocess.run([sys.executable, "-c", RELOAD, str(final)], check=True, timeout=300)

@@ -9,11 +9,13 @@ each view's features replacing its run of `image_token_id` placeholders in token
 
 Dialect: idefics3 shards tokenized with the LM's own tokenizer plus the idefics3 image
 tokens (`tokenizer: {path: LM_DIR, add_tokens: true}`, an `idefics3` image preset whose tile
-is the tower's image size, `image_tokens_per_tile` = the connector's tokens per tile).
+is a multiple of the tower's patch (position embeddings interpolate), and
+`image_tokens_per_tile` = the connector's tokens per tile).
 
 Reloading: importing this module registers the model type with `AutoConfig`, `AutoModel`
-and `AutoModelForImageTextToText`, so after `import mixdata.train.hf` a stage's `final/`
-opens with `AutoModelForImageTextToText.from_pretrained(final)` (or `load_composed(final)`).
+and `AutoModelForImageTextToText`, so after `import mixdata.train.hf.composed` a stage's
+`final/` opens with `AutoModelForImageTextToText.from_pretrained(final)` (or
+`load_composed(final)`); its `AutoProcessor` is an Idefics3Processor.
 """
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 and processor, LoRA merged.
 
 `AutoModelForImageTextToText.from_pretrained(final)` opens it (for a composed model after
-`import mixdata.train.hf`, which registers its type) and `generate` runs on it; the next
-stage starts from it. It is written under a temporary name and renamed, so a `final/` that
-exists is complete.
+`import mixdata.train.hf.composed`, which registers its type) and `generate` runs on it;
+the next stage starts from it. It is written under a temporary name and renamed, so a
+`final/` that exists is complete.
 """
 from __future__ import annotations
 
