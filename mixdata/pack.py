@@ -1,29 +1,41 @@
 """Packing documents into sequences of at most seq_len tokens (pure; lengths in, indices out).
 
-`pack` reads items in order, `window` at a time, and keeps the mixture exact:
-1. The batch's large items (over seq_len / 4) go largest first into the open sequence with
-   the least room that fits them (respecting the image and view caps), or into a new one:
-   best-fit-decreasing.
-2. Its small items then fill the gaps, sequences about to close first. Each step adds one
-   item or a pair that fills the gap exactly if there is one; else the largest that still
-   leaves room for a pair, so that a later step can. Pairs turn the last gaps into exact
-   fits, where best fit leaves gaps smaller than any item. Leftovers fill new sequences.
-3. A sequence stays open for the batch it was opened in and the next one; then it closes. A
-   full one closes at once. This bounds how far an item can move from its input position.
-4. Closed sequences are ordered by where their tokens sit in the input, then reordered within
-   a short lookahead so that each item group's (each source's) cumulative tokens stay within
-   half a sequence of the input stream's at the same point. Every window of sequences then
-   keeps the shares the input had, which the exact mixture schedule made smooth.
+`pack_arrays` packs one chunk of documents (the plan cuts a stage into chunks; see
+`mixdata.building.plan`) in two steps:
+1. **Exact completion.** A document longer than seq_len / 2 can share with nothing as long,
+   so each opens its own sequence. Every other document waits in a pool indexed by length,
+   whose lengths are bits of a Python integer, so "the largest length <= y" and "two lengths
+   that sum to g" are a few big-integer operations. Sequences are completed one at a time,
+   the fullest first, then new ones: each step adds one or two documents that fill the room
+   exactly when the pool has them; otherwise the largest that still leaves room for two of
+   the shortest, so a later step can fill exactly; else the largest that fits. A sequence is
+   left only when nothing in the pool fits it, so no two sequences could be merged. Exact
+   fills are what bring packing near 100% (BENCHMARKS.md, "Scale"). With image or view caps,
+   documents go instead longest first into the sequence with the least room that admits
+   them within the caps (best-fit decreasing over a sorted list of integer keys
+   `room << 32 | sequence`).
+2. **Balanced emission.** Best-fit scatters the input order, so the sequences are then
+   emitted in an order that keeps each group (each source) on its share: each sequence joins
+   the bucket of the group it holds most of (relative to that group's share), buckets are
+   ordered by where their documents sit in the input, and each step takes the next sequence
+   of the group whose tokens lag their share the most. Every prefix of the chunk's output
+   then holds each group within about one sequence of its share of the chunk, so windows of
+   sequences keep the shares the exact mixture schedule gave the chunk.
 
-`pack_first_fit` (streaming greedy) and `pack_one_per_sequence` are the baselines.
+`pack` is the same for a list of `PackItem`s; `pack_first_fit` (streaming greedy) and
+`pack_one_per_sequence` are the baselines.
 """
 from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
+
+_SHIFT = 32   # key = room << _SHIFT | sequence id
+_SCAN = 32    # open sequences tried past the best fit when the caps refuse it
 
 
 class PackItem(NamedTuple):
@@ -33,214 +45,17 @@ class PackItem(NamedTuple):
     group: int = 0   # the item's stream (its source): output order keeps groups' shares
 
 
-class Bin:
-    """One sequence being filled: its members and what room is left."""
+class Packed(NamedTuple):
+    """Sequences as a flat permutation: sequence k holds `order[offsets[k]:offsets[k+1]]`
+    (item indices, ascending within a sequence)."""
 
-    __slots__ = ("serial", "batch", "space", "images", "views", "members")
+    order: np.ndarray    # int64 [n_items]
+    offsets: np.ndarray  # int64 [n_sequences + 1]
 
-    def __init__(self, serial: int, batch: int, seq_len: int):
-        self.serial, self.batch, self.space = serial, batch, seq_len
-        self.images = self.views = 0
-        self.members: list[int] = []
-
-    def admits(self, item: PackItem, caps: tuple[float, float]) -> bool:
-        return (item.length <= self.space and self.images + item.images <= caps[0]
-                and self.views + item.views <= caps[1])
-
-    def add(self, index: int, item: PackItem) -> None:
-        self.members.append(index)
-        self.space -= item.length
-        self.images += item.images
-        self.views += item.views
-
-
-class Pool:
-    """A batch's small items, sorted by length, for best single-or-pair gap filling."""
-
-    def __init__(self, items: Sequence[PackItem], indices: list[int]):
-        order = sorted(indices, key=lambda i: (items[i].length, i))
-        self.index = np.asarray(order, np.int64)
-        self.length = np.asarray([items[i].length for i in order], np.int64)
-        self.images = np.asarray([items[i].images for i in order], np.int64)
-        self.views = np.asarray([items[i].views for i in order], np.int64)
-        self.alive = np.ones(len(order), bool)
-
-    def __bool__(self) -> bool:
-        return bool(self.alive.any())
-
-    def _best(self, space: int, images: float, views: float) -> tuple[int, list[int]]:
-        """Largest total of one item or two that fits, and their positions in the pool."""
-        fits = int(np.searchsorted(self.length, space, side="right"))
-        mask = self.alive[:fits]
-        capped = [(counts, cap) for counts, cap in ((self.images, images), (self.views, views))
-                  if cap != float("inf")]
-        for counts, cap in capped:
-            mask = mask & (counts[:fits] <= cap)
-        cand = np.flatnonzero(mask)
-        if not len(cand):
-            return 0, []
-        lengths = self.length[cand]
-        partner = np.searchsorted(lengths, space - lengths, side="right") - 1
-        ok = partner > np.arange(len(cand))
-        partner = np.where(ok, partner, 0)
-        both = cand[partner]
-        for counts, cap in capped:
-            ok &= counts[cand] + counts[both] <= cap
-        totals = np.where(ok, lengths + lengths[partner], -1)
-        best = int(np.argmax(totals))
-        if totals[best] > lengths[-1]:
-            return int(totals[best]), [int(cand[best]), int(both[best])]
-        return int(lengths[-1]), [int(cand[-1])]
-
-    def take(self, space: int, images: float, views: float) -> list[int]:
-        """Item indices to add to a gap of `space` tokens: an exact fill if there is one;
-        else the largest that leaves room for a pair, so a later step can still fill exactly;
-        else the largest that fits."""
-        total, chosen = self._best(space, images, views)
-        if total != space:
-            alive = self.length[self.alive]
-            room = int(alive[:2].sum()) if len(alive) > 2 else space
-            if space - room > 0:
-                spared, kept = self._best(space - room, images, views)
-                if spared:
-                    chosen = kept
-        self.alive[chosen] = False
-        return [int(self.index[c]) for c in chosen]
-
-
-class OpenBins:
-    """Open sequences indexed by remaining space, for best-fit lookups."""
-
-    def __init__(self, items: Sequence[PackItem], seq_len: int, caps: tuple[float, float]):
-        self.items, self.seq_len, self.caps = items, seq_len, caps
-        self.keys: list[tuple[int, int]] = []   # (space, serial), sorted
-        self.bins: dict[int, Bin] = {}
-        self.serial = 0
-
-    def new(self, batch: int) -> Bin:
-        self.serial += 1
-        return Bin(self.serial, batch, self.seq_len)
-
-    def _insert(self, b: Bin) -> list[Bin]:
-        if b.space == 0:
-            return [b]
-        insort(self.keys, (b.space, b.serial))
-        self.bins[b.serial] = b
-        return []
-
-    def _detach(self, b: Bin) -> None:
-        if b.serial in self.bins:
-            del self.keys[bisect_left(self.keys, (b.space, b.serial))]
-            del self.bins[b.serial]
-
-    def place(self, index: int, batch: int) -> list[Bin]:
-        """Best fit: the open bin with the least room that admits the item, else a new one."""
-        item = self.items[index]
-        target = next((self.bins[serial] for _, serial in
-                       self.keys[bisect_left(self.keys, (item.length, -1)):]
-                       if self.bins[serial].admits(item, self.caps)), None)
-        if target is None:
-            target = self.new(batch)
-        self._detach(target)
-        target.add(index, item)
-        return self._insert(target)
-
-    def fill(self, b: Bin, pool: Pool) -> list[Bin]:
-        """Fill `b` from the pool; returns it if it became full (closed)."""
-        self._detach(b)
-        while b.space and pool:
-            chosen = pool.take(b.space, self.caps[0] - b.images, self.caps[1] - b.views)
-            if not chosen:
-                break
-            for index in chosen:
-                b.add(index, self.items[index])
-        return self._insert(b) if b.members else []
-
-    def by_urgency(self) -> list[Bin]:
-        """Open bins, those closing soonest first, then tightest first."""
-        return sorted(self.bins.values(), key=lambda b: (b.batch, b.space, b.serial))
-
-    def close_born_before(self, batch: int) -> list[Bin]:
-        old = [b for b in self.bins.values() if b.batch < batch]
-        for b in old:
-            self._detach(b)
-        return old
-
-
-class _InputShares:
-    """Per-group tokens of the input stream's prefix holding T tokens (straddling item split)."""
-
-    def __init__(self, items: Sequence[PackItem], groups: int):
-        lengths = np.asarray([it.length for it in items], np.int64)
-        group = np.asarray([it.group for it in items], np.int64)
-        ends = np.cumsum(lengths)
-        self.ends = [ends[group == g] for g in range(groups)]
-        self.lengths = [lengths[group == g] for g in range(groups)]
-        self.done = [np.concatenate([[0], np.cumsum(x)]) for x in self.lengths]
-
-    def at(self, totals: np.ndarray) -> np.ndarray:
-        """[len(totals), groups] tokens of each group in the input prefix of each total."""
-        out = np.empty((len(totals), len(self.ends)))
-        for g, (ends, lengths, done) in enumerate(zip(self.ends, self.lengths, self.done)):
-            k = np.searchsorted(ends, totals, side="left")   # first item not finished by T
-            straddle = np.zeros(len(totals))
-            inside = k < len(ends)
-            kk = k[inside]
-            straddle[inside] = np.clip(totals[inside] - (ends[kk] - lengths[kk]), 0, None)
-            out[:, g] = done[k] + straddle
-        return out
-
-
-def _by_centroid(bins: list[Bin], items: Sequence[PackItem]) -> list[list[int]]:
-    """Sequences ordered by where their tokens sit in the input, on average."""
-    lengths = np.asarray([it.length for it in items], np.float64)
-    middle = np.cumsum(lengths) - lengths / 2
-    keyed = []
-    for b in bins:
-        members = np.asarray(sorted(b.members))
-        centroid = float((middle[members] * lengths[members]).sum() / lengths[members].sum())
-        keyed.append((centroid, int(members[0]), members.tolist()))
-    return [members for _, _, members in sorted(keyed)]
-
-
-def emit_in_input_order(bins: list[Bin], items: Sequence[PackItem], seq_len: int,
-                        lookahead: int = 64) -> list[list[int]]:
-    """Order sequences so that each group's cumulative tokens track the input stream's.
-
-    Sequences are taken in order of where their tokens sit in the input. Each step looks at
-    the next `lookahead` of them and emits the first one after which every group's output
-    tokens are within `seq_len / 2` of the input prefix holding as many tokens; if none
-    qualifies, the one that comes closest (sum of squares). A sequence that `lookahead`
-    later ones have overtaken goes next, which bounds how far any sequence moves.
-    """
-    groups = max((it.group for it in items), default=0) + 1
-    if groups == 1:
-        return sorted((sorted(b.members) for b in bins), key=lambda m: m[0])
-    if min(it.group for it in items) < 0:
-        raise ValueError("PackItem.group must be >= 0")
-    sequences = _by_centroid(bins, items)
-    tokens = np.zeros((len(sequences), groups))
-    for k, members in enumerate(sequences):
-        for i in members:
-            tokens[k, items[i].group] += items[i].length
-    shares = _InputShares(items, groups)
-    out, order, pending, nxt = np.zeros(groups), [], [], 0
-    while nxt < len(sequences) or pending:
-        while len(pending) < lookahead and nxt < len(sequences):
-            pending.append(nxt)
-            nxt += 1
-        after = out + tokens[pending]
-        error = after - shares.at(after.sum(axis=1))
-        close = np.flatnonzero(np.abs(error).max(axis=1) <= seq_len / 2)
-        if pending[0] + lookahead <= len(order):
-            pick = 0
-        elif len(close):
-            pick = int(close[0])
-        else:
-            pick = int(np.argmin((error ** 2).sum(axis=1)))
-        out = after[pick]
-        order.append(pending.pop(pick))
-    return [sequences[k] for k in order]
+    def sequences(self) -> list[list[int]]:
+        bounds = self.offsets.tolist()
+        items = self.order.tolist()
+        return [items[a:b] for a, b in pairwise(bounds)]
 
 
 def _caps(max_images: int | None, max_views: int | None) -> tuple[float, float]:
@@ -248,41 +63,253 @@ def _caps(max_images: int | None, max_views: int | None) -> tuple[float, float]:
             float("inf") if max_views is None else max_views)
 
 
-def _check(items: Sequence[PackItem], seq_len: int, max_images: float, max_views: float) -> None:
-    for i, item in enumerate(items):
-        if not 0 < item.length <= seq_len:
-            raise ValueError(f"item {i} has length {item.length}; expected 1..seq_len={seq_len}")
-        if item.images > max_images or item.views > max_views:
-            raise ValueError(f"item {i} has {item.images} images / {item.views} views, above "
-                             f"the caps {max_images} / {max_views}")
+def _check_arrays(length: np.ndarray, images: np.ndarray, views: np.ndarray, seq_len: int,
+                  caps: tuple[float, float]) -> None:
+    bad = np.flatnonzero((length < 1) | (length > seq_len))
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(f"item {i} has length {int(length[i])}; expected 1..seq_len={seq_len}")
+    over = np.flatnonzero((images > caps[0]) | (views > caps[1]))
+    if len(over):
+        i = int(over[0])
+        raise ValueError(f"item {i} has {int(images[i])} images / {int(views[i])} views, above "
+                         f"the caps {caps[0]} / {caps[1]}")
+
+
+def assign(length: np.ndarray, seq_len: int, images: np.ndarray, views: np.ndarray,
+           caps: tuple[float, float]) -> tuple[np.ndarray, int]:
+    """(sequence id of each item, number of sequences); see step 1 of the module docstring."""
+    order = np.argsort(-length, kind="stable")
+    sorted_len = length[order]
+    big = int(np.count_nonzero(sorted_len > seq_len // 2))
+    room = seq_len - sorted_len[:big]
+    bins = np.empty(len(length), np.int64)
+    bins[order[:big]] = np.arange(big)
+    rest = order[big:]
+    if caps == (float("inf"), float("inf")):
+        rooms = sorted(zip(room[room > 0].tolist(), np.flatnonzero(room > 0).tolist()))
+        bins[rest] = _complete(rooms, sorted_len[big:].tolist(), big, seq_len)
+    else:
+        open_ = room > 0
+        keys = sorted(((room[open_] << _SHIFT) | np.flatnonzero(open_)).tolist())
+        bins[rest] = _fill_capped(sorted_len[big:].tolist(), images[rest].tolist(),
+                                  views[rest].tolist(), images[order[:big]].tolist(),
+                                  views[order[:big]].tolist(), keys, seq_len, caps)
+    return bins, (int(bins.max()) + 1 if len(bins) else 0)
+
+
+class _Pool:
+    """Short items by length, with the lengths present as bits of Python ints (`present`,
+    and `mirror` with bit seq_len - x), so the largest length <= y, and whether two
+    lengths sum to g, are a few big-integer operations (no per-item search)."""
+
+    def __init__(self, lengths: list[int], seq_len: int) -> None:
+        self.seq_len, self.left = seq_len, len(lengths)
+        self.slots: list[list[int]] = [[] for _ in range(seq_len + 1)]
+        for position in reversed(range(len(lengths))):   # pop() gives the first index
+            self.slots[lengths[position]].append(position)
+        self.present = self.mirror = 0
+        for x, slot in enumerate(self.slots):
+            if slot:
+                self.present |= 1 << x
+                self.mirror |= 1 << (seq_len - x)
+
+    def take(self, x: int) -> int:
+        slot = self.slots[x]
+        position = slot.pop()
+        self.left -= 1
+        if not slot:
+            self.present ^= 1 << x
+            self.mirror ^= 1 << (self.seq_len - x)
+        return position
+
+    def fill(self, room: int) -> list[int]:
+        """Positions of items to add to a sequence with `room` tokens left: one or two that
+        fill it exactly when there are; otherwise the largest that still leaves room for two
+        of the shortest, so a later step can; else the largest that fits."""
+        taken = []
+        while room and self.left:
+            largest = self.present.bit_length() - 1
+            if room <= largest and self.slots[room]:
+                taken.append(self.take(room))
+                return taken
+            if room <= 2 * largest:
+                pairs = self.present & (self.mirror >> (self.seq_len - room))
+                pairs &= (2 << (room // 2)) - 1   # x <= room - x
+                while pairs:
+                    x = pairs.bit_length() - 1
+                    if 2 * x != room or len(self.slots[x]) >= 2:
+                        taken += [self.take(x), self.take(room - x)]
+                        return taken
+                    pairs ^= 1 << x
+            shortest = (self.present & -self.present).bit_length() - 1
+            spare = room - 2 * shortest
+            fits = self.present & ((2 << spare) - 1) if spare >= shortest else 0
+            fits = fits or self.present & ((2 << room) - 1)
+            if not fits:
+                return taken
+            x = fits.bit_length() - 1
+            taken.append(self.take(x))
+            room -= x
+        return taken
+
+
+def _complete(rooms: list[tuple[int, int]], lengths: list[int], opened: int,
+              seq_len: int) -> list[int]:
+    """Sequence ids of short items (`lengths`, longest first): they fill the open sequences'
+    `rooms` [(room, id)] in order, then new sequences from `opened` on."""
+    pool = _Pool(lengths, seq_len)
+    out = [0] * len(lengths)
+    for room, b in rooms:
+        if not pool.left:
+            break
+        for position in pool.fill(room):
+            out[position] = b
+    while pool.left:
+        for position in pool.fill(seq_len):
+            out[position] = opened
+        opened += 1
+    return out
+
+
+def _fill_capped(lengths, images, views, big_images, big_views, keys, seq_len, caps):
+    """Best fit within the image and view caps. Sequences that can take no more images or
+    views move to a second list that only image-free items search, so they never crowd the
+    lookups of items with images; past the best fit, at most `_SCAN` sequences whose
+    remaining caps are too small are skipped before a new sequence opens."""
+    mask = (1 << _SHIFT) - 1
+    images_left = [caps[0] - i for i in big_images]
+    views_left = [caps[1] - v for v in big_views]
+    closed = [key for key in keys if not (images_left[key & mask] and views_left[key & mask])]
+    keys = [key for key in keys if images_left[key & mask] and views_left[key & mask]]
+    out = []
+    for x, im, vw in zip(lengths, images, views):
+        pool, k = keys, bisect_left(keys, x << _SHIFT)
+        if im or vw:
+            stop = min(len(keys), k + _SCAN)
+            while k < stop and (images_left[keys[k] & mask] < im
+                                or views_left[keys[k] & mask] < vw):
+                k += 1
+            k = len(keys) if k == stop else k
+        else:
+            j = bisect_left(closed, x << _SHIFT)
+            if j < len(closed) and (k == len(keys) or closed[j] < keys[k]):
+                pool, k = closed, j
+        if k < len(pool):
+            key = pool.pop(k)
+            b, room = key & mask, (key >> _SHIFT) - x
+        else:
+            b, room = len(images_left), seq_len - x
+            images_left.append(caps[0])
+            views_left.append(caps[1])
+        images_left[b] -= im
+        views_left[b] -= vw
+        out.append(b)
+        if room:
+            insort(keys if images_left[b] and views_left[b] else closed, (room << _SHIFT) | b)
+    return out
+
+
+def balanced_order(tokens: np.ndarray, position: np.ndarray, seq_len: int) -> np.ndarray:
+    """Emission order of sequences (step 2 of the module docstring).
+
+    `tokens[k, g]`: tokens of group g in sequence k; `position[k]`: where sequence k's
+    documents sit in the input (their mean index). Returns a permutation of the sequences.
+    """
+    n, groups = tokens.shape
+    total = tokens.sum()
+    share = tokens.sum(axis=0) / max(total, 1)
+    present = share > 0
+    relative = np.where(present, tokens / np.where(present, share, 1), -1.0)
+    dominant = np.argmax(relative, axis=1)
+    ranked = np.lexsort((np.arange(n), position, dominant))
+    counts = np.bincount(dominant, minlength=groups)
+    starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    return np.asarray(_deficit_walk(ranked.tolist(), starts, tokens.tolist(),
+                                    share.tolist(), seq_len), np.int64)
+
+
+def _deficit_walk(ranked: list[int], starts: list[int], rows: list[list[float]],
+                  share: list[float], seq_len: int) -> list[int]:
+    groups = len(share)
+    heads, ends = starts[:-1], starts[1:]
+    emitted, total, out = [0.0] * groups, 0.0, []
+    weight = [1 / s if s > 0 else 0.0 for s in share]
+    for _ in range(len(ranked)):
+        best, pick = -float("inf"), -1
+        ahead = total + seq_len
+        for g in range(groups):
+            if heads[g] < ends[g]:
+                lag = (share[g] * ahead - emitted[g]) * weight[g]
+                if lag > best:
+                    best, pick = lag, g
+        k = ranked[heads[pick]]
+        heads[pick] += 1
+        out.append(k)
+        row = rows[k]
+        for g in range(groups):
+            emitted[g] += row[g]
+        total += sum(row)
+    return out
+
+
+def pack_arrays(length, seq_len: int, *, images=None, views=None, group=None,
+                max_images: int | None = None, max_views: int | None = None) -> Packed:
+    """Pack items given as arrays (see module docstring); `group` defaults to one group.
+
+    Every item is in exactly one sequence; no sequence exceeds seq_len tokens, `max_images`
+    or `max_views`. An item that alone exceeds a limit is a ValueError. Deterministic: the
+    result depends only on the arrays and the limits.
+    """
+    length = np.asarray(length, np.int64)
+    n = len(length)
+    images = np.zeros(n, np.int64) if images is None else np.asarray(images, np.int64)
+    views = np.zeros(n, np.int64) if views is None else np.asarray(views, np.int64)
+    group = np.zeros(n, np.int64) if group is None else np.asarray(group, np.int64)
+    if n and group.min() < 0:
+        raise ValueError("group must be >= 0")
+    caps = _caps(max_images, max_views)
+    _check_arrays(length, images, views, seq_len, caps)
+    if not n:
+        return Packed(np.zeros(0, np.int64), np.zeros(1, np.int64))
+    bins, count = assign(length, seq_len, images, views, caps)
+    groups = int(group.max()) + 1
+    tokens = np.bincount(bins * groups + group, weights=length,
+                         minlength=count * groups).reshape(count, groups)
+    position = np.bincount(bins, weights=np.arange(n), minlength=count) / np.bincount(bins)
+    emit = balanced_order(tokens, position, seq_len)
+    rank = np.empty(count, np.int64)
+    rank[emit] = np.arange(count)
+    order = np.lexsort((np.arange(n), rank[bins]))
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(bins, minlength=count)[emit])])
+    return Packed(order.astype(np.int64), offsets.astype(np.int64))
+
+
+def _columns(items: Sequence[PackItem]) -> dict[str, np.ndarray]:
+    array = np.asarray([tuple(it) for it in items], np.int64).reshape(-1, 4)
+    return {"length": array[:, 0], "images": array[:, 1], "views": array[:, 2],
+            "group": array[:, 3]}
 
 
 def pack(items: Sequence[PackItem], seq_len: int, *, max_images: int | None = None,
-         max_views: int | None = None, window: int = 512) -> list[list[int]]:
-    """Bounded-window packing (see module docstring).
+         max_views: int | None = None) -> list[list[int]]:
+    """`pack_arrays` over a list of PackItems; sequences as lists of item indices."""
+    cols = _columns(items)
+    return pack_arrays(cols["length"], seq_len, images=cols["images"], views=cols["views"],
+                       group=cols["group"], max_images=max_images,
+                       max_views=max_views).sequences()
 
-    Returns sequences as lists of item indices (ascending within a sequence). Every item is in
-    exactly one sequence; no sequence exceeds seq_len tokens, `max_images` or `max_views`.
-    An item that alone exceeds a limit is a ValueError.
-    """
-    caps = _caps(max_images, max_views)
-    _check(items, seq_len, *caps)
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    open_bins, closed = OpenBins(items, seq_len, caps), []
-    for batch, start in enumerate(range(0, len(items), window)):
-        indices = range(start, min(start + window, len(items)))
-        small = [i for i in indices if items[i].length <= seq_len // 4]
-        for i in sorted(set(indices) - set(small), key=lambda i: (-items[i].length, i)):
-            closed += open_bins.place(i, batch)
-        pool = Pool(items, small)
-        for b in open_bins.by_urgency():
-            closed += open_bins.fill(b, pool)
-        while pool:
-            closed += open_bins.fill(open_bins.new(batch), pool)
-        closed += open_bins.close_born_before(batch)
-    closed += open_bins.close_born_before(len(items) + 1)
-    return emit_in_input_order(closed, items, seq_len)
+
+class _Bin:
+    __slots__ = ("images", "members", "space", "views")
+
+    def __init__(self, seq_len: int):
+        self.space, self.images, self.views, self.members = seq_len, 0, 0, []
+
+
+def _check(items: Sequence[PackItem], seq_len: int, caps: tuple[float, float]) -> None:
+    cols = _columns(items)
+    _check_arrays(cols["length"], cols["images"], cols["views"], seq_len, caps)
 
 
 def pack_first_fit(items: Sequence[PackItem], seq_len: int, *, max_images: int | None = None,
@@ -291,25 +318,30 @@ def pack_first_fit(items: Sequence[PackItem], seq_len: int, *, max_images: int |
     sequence that has room; otherwise a new one opens, and beyond `open_bins` open sequences
     the oldest is closed. `open_bins=1` is the next-fit packing simple loaders do."""
     caps = _caps(max_images, max_views)
-    _check(items, seq_len, *caps)
-    active: list[Bin] = []
-    closed: list[Bin] = []
+    _check(items, seq_len, caps)
+    active: list[_Bin] = []
+    closed: list[_Bin] = []
     for i, item in enumerate(items):
-        target = next((b for b in active if b.admits(item, caps)), None)
+        target = next((b for b in active if item.length <= b.space
+                       and b.images + item.images <= caps[0]
+                       and b.views + item.views <= caps[1]), None)
         if target is None:
-            target = Bin(i, 0, seq_len)
+            target = _Bin(seq_len)
             active.append(target)
             if len(active) > open_bins:
                 closed.append(active.pop(0))
-        target.add(i, item)
-    return sorted((sorted(b.members) for b in closed + active), key=lambda m: m[0])
+        target.members.append(i)
+        target.space -= item.length
+        target.images += item.images
+        target.views += item.views
+    return sorted((b.members for b in closed + active), key=lambda m: m[0])
 
 
 def pack_one_per_sequence(items: Sequence[PackItem], seq_len: int, *,
                           max_images: int | None = None, max_views: int | None = None
                           ) -> list[list[int]]:
     """Baseline: every document padded to its own sequence."""
-    _check(items, seq_len, *_caps(max_images, max_views))
+    _check(items, seq_len, _caps(max_images, max_views))
     return [[i] for i in range(len(items))]
 
 

@@ -2,8 +2,10 @@
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
+import fsspec
 import pytest
 
 # Process-wide helpers that libraries start once and keep on purpose: multiprocessing's
@@ -19,6 +21,28 @@ def _isolated_cache(tmp_path_factory):
     if "MIXDATA_CACHE" not in os.environ:
         os.environ["MIXDATA_CACHE"] = str(tmp_path_factory.mktemp("mixdata-cache"))
     yield
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """(s3fs filesystem, a fresh bucket) on a moto S3 server on 127.0.0.1 for one test."""
+    from moto.server import ThreadedMotoServer  # slow to import: only tests that use S3
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    fsspec.filesystem("s3").clear_instance_cache()
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    # moto keeps its backend state per process, so a fixed name can already exist.
+    bucket = f"mixdata-test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    yield fs, bucket
+    fsspec.filesystem("s3").clear_instance_cache()
+    server.stop()
 
 
 def _children() -> set[int]:

@@ -49,20 +49,22 @@ def json_roundtrip(state: Any) -> Any:
 def check_resume(make: Callable[[], Any], total: int, stop: int | Iterable[int] | None = None,
                  *, save: Callable[[Any], Any] = lambda obj: obj.state_dict(),
                  restore: Callable[[Any, Any], None] = lambda obj, s: obj.load_state_dict(s),
-                 roundtrip: Callable[[Any], Any] = json_roundtrip) -> list:
+                 roundtrip: Callable[[Any], Any] = json_roundtrip,
+                 make_resumed: Callable[[], Any] | None = None) -> list:
     """Assert that, for every stop k (default: each of 0..total), a fresh object restored
     from the state taken after k items continues with exactly items k..total-1 of the
     uninterrupted run.
 
-    The states come from one run that is saved after every item; returns its items so
-    callers can check more about them.
+    `make_resumed` builds the object restored into, when it differs from `make`'s (e.g. the
+    same job on another number of ranks). The states come from one run that is saved after
+    every item; returns its items so callers can check more about them.
     """
     stops = range(total + 1) if stop is None else [stop] if isinstance(stop, int) else list(stop)
     assert all(0 <= k <= total for k in stops)
     expected = take(make(), total)
     states = _states_along(make(), total, set(stops), save, roundtrip, expected)
     for k in stops:
-        resumed = make()
+        resumed = (make_resumed or make)()
         restore(resumed, states[k])
         assert_same(take(resumed, total - k), expected[k:], f"after restoring at {k}")
         del resumed

@@ -22,8 +22,8 @@ from mixdata.manifest import (
     ShardEntry,
     write_manifest,
 )
-from mixdata.tokens.dialect import Dialect, stage_geometry
 from mixdata.shards import PackedSequence, write_shard
+from mixdata.tokens.dialect import Dialect, stage_geometry
 
 SEQ_LEN = 128
 TOKENS_PER_TILE = 4

@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from build_fixtures import write_corpus, write_recipe
 
@@ -78,15 +79,18 @@ def test_rejects_and_unused_name_their_reasons(built):
 
 
 def test_dropping_a_record_fails_the_accounting_check(corpus, tmp_path, monkeypatch):
-    real_pack = plan_module.pack
+    real_pack = plan_module.pack_arrays
 
-    def lossy_pack(items, *args, **kwargs):
-        bins = real_pack(items, *args, **kwargs)
-        k = next(k for k, members in enumerate(bins) if len(members) > 1)
-        bins[k] = bins[k][1:]  # one scheduled document never reaches a sequence
-        return bins
+    def lossy_pack(lengths, *args, **kwargs):
+        packed = real_pack(lengths, *args, **kwargs)
+        k = next(k for k in range(len(packed.offsets) - 1)
+                 if packed.offsets[k + 1] - packed.offsets[k] > 1)
+        keep = np.ones(len(packed.order), bool)
+        keep[packed.offsets[k]] = False  # one scheduled document never reaches a sequence
+        offsets = packed.offsets - (np.arange(len(packed.offsets)) > k)
+        return packed._replace(order=packed.order[keep], offsets=offsets)
 
-    monkeypatch.setattr(plan_module, "pack", lossy_pack)
+    monkeypatch.setattr(plan_module, "pack_arrays", lossy_pack)
     recipe = load_recipe(write_recipe(corpus))
     with pytest.raises(AccountingError, match="unaccounted for"):
         build_stage(recipe, "pretrain", out=tmp_path / "lossy", progress=False)

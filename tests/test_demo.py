@@ -197,7 +197,7 @@ def test_raw_pdfs_open_with_pymupdf(demo, manifest):
 
 def test_renderedtext_tar(demo, manifest):
     found = Counter()
-    for key, members in tar_groups(demo / "renderedtext" / "renderedtext-0000.tar").items():
+    for _key, members in tar_groups(demo / "renderedtext" / "renderedtext-0000.tar").items():
         annotation = json.loads(members["json"])
         if not decodes(members["png"]):
             found["image_broken"] += 1

@@ -9,7 +9,7 @@ from PIL import Image, ImageCms
 
 from mixdata.errors import RecordRejected
 from mixdata.image import ImagePolicy, probe, process
-from mixdata.image.process import decode_planned
+from mixdata.image.processing import decode_planned
 
 LOSSLESS = ImagePolicy(preset="none", max_side=4096, encode="png")
 

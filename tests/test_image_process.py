@@ -18,7 +18,7 @@ from mixdata.image import (
     process,
     special_tokens,
 )
-from mixdata.image.layout import MAX_GRID
+from mixdata.image.placeholders import MAX_GRID
 
 
 def photo_like(width, height, seed=0):

@@ -14,7 +14,7 @@ from mixdata.image import (
     special_tokens,
     tiles_from_image,
 )
-from mixdata.image.layout import GLOBAL, IMAGE
+from mixdata.image.placeholders import GLOBAL, IMAGE
 
 sizes = st.tuples(st.integers(1, 3000), st.integers(1, 3000))
 small_sizes = st.tuples(st.integers(1, 400), st.integers(1, 400))

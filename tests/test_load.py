@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from resume_check import assert_same, check_resume, take
+from shard_fixtures import IMAGE, PAD, SEQ_LEN, TILE, TOKENS_PER_TILE, write_stage
 
 from mixdata import load
 from mixdata.errors import MixdataError
 from mixdata.shards import iter_shard
-from resume_check import assert_same, check_resume, take
-from shard_fixtures import IMAGE, PAD, SEQ_LEN, TILE, TOKENS_PER_TILE, write_stage
 
 SIZES = [9, 7, 8]
 
@@ -156,17 +156,22 @@ def test_state_is_a_few_integers_and_refuses_other_streams(stage):
     take(ds, 3)
     state = ds.state_dict()
     assert state == {"epoch": 0, "batches": 3, "streams": 2, "offset": 0, "world_size": 1,
-                     "batches_per_epoch": 12}
+                     "canonical_ranks": 1, "global_batch": 2, "batches_per_epoch": 12}
     with pytest.raises(MixdataError, match="taken with streams=2"):
         load(stage, batch_size=2, streams=4).load_state_dict(state)
 
 
-def test_world_size_change_resumes_at_the_same_fraction(stage, caplog):
-    state = {"epoch": 1, "batches": 4, "streams": 1, "world_size": 1, "batches_per_epoch": 8}
-    ds = load(stage, batch_size=3, streams=1, rank=0, world_size=2)
+def test_a_changed_global_batch_is_refused_unless_approximate(stage, caplog):
+    # taken at world size 1 with batch 3 (global batch 3); world size 2 with batch 3 is a
+    # global batch of 6: refused, or, when asked for, resumed at the same fraction
+    state = {"epoch": 1, "batches": 4, "streams": 1, "world_size": 1, "canonical_ranks": 1,
+             "global_batch": 3, "batches_per_epoch": 8}
+    with pytest.raises(MixdataError, match="global batch is 3 sequences, this one is 6"):
+        load(stage, batch_size=3, streams=1, rank=0, world_size=2).load_state_dict(state)
+    ds = load(stage, batch_size=3, streams=1, rank=0, world_size=2, approximate_resume=True)
     ds.load_state_dict(state)
     assert ds.state_dict()["batches"] == 4 * ds.batches_per_epoch // 8
-    assert "not exactly" in caplog.text
+    assert ds.state_dict()["epoch"] == 1 and "not exactly" in caplog.text
 
 
 def test_normalize_pixels_on_device_once(stage):

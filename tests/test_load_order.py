@@ -1,13 +1,23 @@
 """The loader's pure cores, by property: order arithmetic, shuffle, runs, collate invariants."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mixdata.errors import MixdataError
 from mixdata.loading.collate import BatchSpec, Row, collate, placeholder_runs
-from mixdata.loading.order import (Component, Split, component_runs, mixture_pattern,
-                                   shuffle_order, virtual_segments)
+from mixdata.loading.order import (
+    Component,
+    Split,
+    component_runs,
+    mixture_pattern,
+    shuffle_order,
+    virtual_segments,
+)
 from mixdata.shards import PackedSequence
 
 FAST = settings(max_examples=60, deadline=None)
@@ -25,27 +35,53 @@ def test_shuffle_order_is_a_permutation_that_never_looks_past_the_buffer(count, 
 
 
 @FAST
-@given(samples=st.integers(1, 500), batch=st.integers(1, 9), world=st.integers(1, 4),
+@given(samples=st.integers(1, 500), block=st.integers(1, 4), ranks=st.integers(1, 6),
        streams=st.integers(1, 4), drop_last=st.booleans())
-def test_split_gives_every_rank_equal_disjoint_ranges(samples, batch, world, streams,
-                                                      drop_last):
-    group = world * streams * batch
-    if drop_last and samples < group:
+def test_split_is_the_same_global_order_for_every_world_size_dividing_it(
+        samples, block, ranks, streams, drop_last):
+    global_batch = ranks * block
+    if drop_last and samples < streams * global_batch:
         return
-    splits = [Split(samples=samples, batch_size=batch, world_size=world, rank=r,
-                    streams=streams, drop_last=drop_last) for r in range(world)]
-    ranges = [s.stream_range(k) for s in splits for k in range(streams)]
-    assert len({s.batches for s in splits}) == 1 and splits[0].batches % streams == 0
-    starts = [a for a, _ in ranges]
-    assert starts == sorted(starts) and all(b - a == splits[0].stream_length for a, b in ranges)
-    assert all(a2 == b1 for (_, b1), (a2, _) in zip(ranges, ranges[1:]))  # contiguous
-    covered = ranges[-1][1]  # what the epoch reads: all but less than a group, or a bit more
+    layouts = {}
+    for world in (w for w in range(1, ranks + 1) if ranks % w == 0):
+        splits = [Split(samples=samples, batch_size=global_batch // world, world_size=world,
+                        rank=r, streams=streams, drop_last=drop_last, canonical_ranks=ranks)
+                  for r in range(world)]
+        assert len({sp.batches for sp in splits}) == 1 and splits[0].batches % streams == 0
+        owned = [c for sp in splits for c in sp.owned]
+        assert owned == list(range(ranks))  # every canonical rank on exactly one rank
+        lanes = {(c, g): sp.lane_range(c, g) for sp in splits for c in sp.owned
+                 for g in range(streams)}
+        # what each rank reads is exactly what it delivers: its own lanes, whole
+        for sp in splits:
+            read = sum(b - a for c in sp.owned for a, b in (sp.lane_range(c, g)
+                                                            for g in range(streams)))
+            assert read == sp.batches * sp.batch_size
+        layouts[world] = (splits[0].batches, lanes)
+    assert len({(b, tuple(sorted(lanes.items()))) for b, lanes in layouts.values()}) == 1
+    batches, lanes = layouts[1]
+    ordered = [lanes[(c, g)] for c in range(ranks) for g in range(streams)]
+    assert all(b - a == ordered[0][1] - ordered[0][0] for a, b in ordered)
+    assert all(a2 == b1 for (_, b1), (a2, _) in itertools.pairwise(ordered))  # contiguous
+    covered = ordered[-1][1]  # what the epoch reads: all but less than a group, or a bit more
+    group = streams * global_batch
     if drop_last:
         assert samples - group < covered <= samples
     else:
         assert samples <= covered < samples + group
-    for done in range(splits[0].batches + 1):
-        assert sum(splits[0].consumed(s, done) for s in range(streams)) == done
+    one = Split(samples=samples, batch_size=global_batch, world_size=1, rank=0,
+                streams=streams, drop_last=drop_last, canonical_ranks=ranks)
+    for done in range(batches + 1):
+        assert sum(one.consumed(g, done) for g in range(streams)) == done
+
+
+def test_split_refuses_world_sizes_the_order_was_not_laid_out_for():
+    with pytest.raises(MixdataError, match="world size 3 does not divide canonical_ranks=4"):
+        Split(samples=100, batch_size=4, world_size=3, rank=0, streams=1, canonical_ranks=4)
+    with pytest.raises(MixdataError, match="batch_size 3 is not a multiple of"):
+        Split(samples=100, batch_size=3, world_size=2, rank=0, streams=1, canonical_ranks=4)
+    default = Split(samples=100, batch_size=3, world_size=3, rank=2, streams=2)
+    assert default.ranks == 3 and list(default.owned) == [2] and default.block == 3
 
 
 @FAST

@@ -1,6 +1,8 @@
-"""Mixing: exactness, the window contract with the packer in the loop, epochs, errors."""
+"""Mixing: exactness, the window contract with the packer in the loop, epochs, errors, and
+the streamed schedule (chunk boundaries, dropped documents, blocked permutations)."""
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import numpy as np
@@ -9,7 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixdata.errors import MixdataError
-from mixdata.mix import (MixError, permutation, random_schedule, schedule, window_deviation)
+from mixdata.mix import (
+    ArrayTable,
+    MixError,
+    StreamSchedule,
+    WindowDeviation,
+    permutation,
+    random_schedule,
+    schedule,
+    window_deviation,
+)
 from mixdata.pack import PackItem, pack
 
 MM1 = {"interleaved": 45.0, "captions": 45.0, "text": 10.0}
@@ -157,3 +168,78 @@ def test_window_deviation_measures_the_worst_window():
     assert window_deviation(seqs, {"a": 1, "b": 1}, window=1000) == pytest.approx(60 / 110 - 0.5)
     assert window_deviation([{"a": 5, "c": 5}], {"a": 1}) == pytest.approx(0.5)
     assert window_deviation([], {"a": 1}) == 0.0
+
+
+# --- streaming --------------------------------------------------------------------------
+
+def _concatenated(shares, tables, span, budget, seed=5):
+    stream = StreamSchedule(shares, tables, budget=budget, max_epochs=50, seed=seed, span=span)
+    chunks = list(stream)
+    source = np.concatenate([c.source for c in chunks])
+    index = np.concatenate([c.columns["index"] for c in chunks])
+    return len(chunks), source, index, stream.epochs
+
+
+@settings(max_examples=20, deadline=None)
+@given(spans=st.lists(st.sampled_from([300.0, 5_000.0, 77_777.0, 1e9]), min_size=2,
+                      max_size=2),
+       budget=st.one_of(st.none(), st.integers(10_000, 400_000)))
+def test_chunk_boundaries_never_change_the_schedule(spans, budget):
+    costs = {s: lengths(kind, 400, 1024, k) for k, (s, kind) in
+             enumerate(zip(MM1, ["images", "short", "long"]))}
+    tables = {s: ArrayTable(c) for s, c in costs.items()}
+    shares = {s: v / 100 for s, v in MM1.items()}
+    one, two = (_concatenated(shares, tables, span, budget) for span in spans)
+    assert np.array_equal(one[1], two[1]) and np.array_equal(one[2], two[2])
+    assert one[3] == two[3]
+    whole = schedule(MM1, costs, budget=budget, max_epochs=50, seed=5)
+    assert [(list(MM1)[s], int(i)) for s, i in zip(one[1], one[2])] == \
+        [(p.source, p.index) for p in whole.picks]
+
+
+def test_documents_not_kept_never_appear():
+    class Halved(ArrayTable):
+        def read(self, start, stop):
+            cols = super().read(start, stop)
+            return {**cols, "keep": np.arange(start, stop) % 2 == 0}
+
+    table = Halved(np.full(100, 10))
+    table.kept, table.kept_cost = 50, 500.0
+    stream = StreamSchedule({"a": 1.0}, {"a": table}, budget=1500, max_epochs=5, seed=0,
+                            span=200.0)
+    index = np.concatenate([c.columns["index"] for c in stream])
+    assert (index % 2 == 0).all() and len(index) == 150
+    assert stream.epochs == {"a": 3.0}
+
+
+def test_large_sources_are_permuted_a_window_of_blocks_at_a_time(monkeypatch):
+    import mixdata.mix as mix
+
+    monkeypatch.setattr(mix, "BLOCK", 10)
+    monkeypatch.setattr(mix, "WINDOW_BLOCKS", 3)
+    order = permutation("big", 2, 95, seed=1)
+    assert sorted(order.tolist()) == list(range(95))
+    windows = list(mix.epoch_windows("big", 2, 95, seed=1))
+    assert len(windows) == 4 and sum(len(p) for _, p in windows) == 95
+    start = 0
+    for ranges, perm in windows:
+        blocks = {a // 10 for a, _ in ranges}
+        part = order[start:start + len(perm)]
+        assert {int(i) // 10 for i in part} == blocks  # a window never reaches outside
+        start += len(perm)
+    assert not np.array_equal(order, permutation("big", 3, 95, seed=1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(0, 60), window=st.integers(1, 25), cuts=st.lists(st.integers(0, 60)),
+       seed=st.integers(0, 99))
+def test_streamed_window_deviation_equals_the_whole(rows, window, cuts, seed):
+    tokens = np.random.default_rng(seed).integers(0, 50, (rows, 3))
+    shares = {"a": 0.5, "b": 0.3, "c": 0.2}
+    names = ["a", "b", "c"]
+    tracker = WindowDeviation(shares, names, window)
+    bounds = sorted({0, rows, *(c for c in cuts if c <= rows)})
+    for a, b in itertools.pairwise(bounds):
+        tracker.add(tokens[a:b])
+    dicts = [dict(zip(names, map(int, r))) for r in tokens]
+    assert tracker.value == pytest.approx(window_deviation(dicts, shares, window))

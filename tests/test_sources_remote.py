@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -87,27 +85,6 @@ def test_open_binary_resumes_at_its_offset_after_a_503(http_root):
     assert server.failures == ["blob.bin"] and counter.retries == 1
     ranges = [r for method, name, r in server.log if method == "GET" and r]
     assert len(ranges) >= 3   # streamed in blocks, never one whole-file GET
-
-
-@pytest.fixture
-def s3_bucket(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    fsspec.filesystem("s3").clear_instance_cache()
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    # moto keeps its backend state per process, so a fixed name can already exist.
-    bucket = f"mixdata-test-{uuid.uuid4().hex[:12]}"
-    fs.mkdir(bucket)
-    yield fs, bucket
-    fsspec.filesystem("s3").clear_instance_cache()
-    server.stop()
 
 
 def test_s3_read_equals_the_local_read(tmp_path, s3_bucket):

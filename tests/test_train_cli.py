@@ -21,7 +21,7 @@ def tiny_recipe(tmp_path, monkeypatch):
         stage["budget"] = {"tokens": 4000}
     quick = {"budget": {"steps": 2}, "warmup": 1, "eval": {"max_examples": 3}}
     raw["train"] = {"model": "tiny", "micro_batch": 2, "checkpoint_every": 1,
-                    "stages": {name: quick for name in raw["stages"]}}
+                    "stages": dict.fromkeys(raw["stages"], quick)}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))  # stage order is recipe order
     return path

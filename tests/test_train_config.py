@@ -1,5 +1,6 @@
 """The recipe's `train:` section: strict parsing with precise errors, defaults, step plans,
 the warm-up + cosine schedule, and FLOP accounting."""
+import itertools
 import math
 
 import pytest
@@ -7,8 +8,15 @@ import torch
 
 from mixdata.errors import RecipeError
 from mixdata.recipe import parse_recipe
-from mixdata.train.config import (ModelSpec, ModuleLR, StageTrain, StepBudget, Trainable, parse_train,
-                                  plan_steps)
+from mixdata.train.config import (
+    ModelSpec,
+    ModuleLR,
+    StageTrain,
+    StepBudget,
+    Trainable,
+    parse_train,
+    plan_steps,
+)
 from mixdata.train.metrics import doc_lengths_squared, flop_model, mfu
 from mixdata.train.model import VLM, model_config
 from mixdata.train.optim import WarmupCosine, apply_modes, parameter_groups
@@ -77,7 +85,7 @@ def test_warmup_then_cosine_to_the_floor():
     schedule = WarmupCosine(warmup=4, total=20, min_ratio=0.1)
     values = [schedule(s) for s in range(21)]
     assert values[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8]) and values[4] == 1.0
-    assert all(a >= b for a, b in zip(values[4:], values[5:]))
+    assert all(a >= b for a, b in itertools.pairwise(values[4:]))
     assert values[20] == pytest.approx(0.1)
 
 

@@ -6,18 +6,25 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_train_model import PER_TILE, TILE, tiny_config
 
 from mixdata.demo.evalset import write_eval
 from mixdata.image import ImagePolicy
 from mixdata.tokens import load_tokenizer
 from mixdata.tokens.tokenizer import END
-from mixdata.train.evaluate import (EvalSetup, evaluate, greedy_decode, prompt_of, read_split,
-                                    score_docs, sft_doc)
+from mixdata.train.evaluate import (
+    EvalSetup,
+    evaluate,
+    greedy_decode,
+    prompt_of,
+    read_split,
+    score_docs,
+    sft_doc,
+)
 from mixdata.train.loop import model_inputs
 from mixdata.train.model import token_losses
 from mixdata.train.report import format_table, record_eval
 from mixdata.train.stage import init_model
-from test_train_model import PER_TILE, TILE, tiny_config
 
 
 @pytest.fixture(scope="module")

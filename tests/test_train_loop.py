@@ -1,6 +1,5 @@
 """The training loop on contract batches: exact resume, loss normalisation across
 accumulation and ranks, zero-supervision errors, stage hand-over, and 2-process DDP (gloo)."""
-import dataclasses
 import os
 import socket
 
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_train_model import SPEC, make_doc, tiny_config
 
 from mixdata.errors import MixdataError
 from mixdata.train.batch import make_batch
@@ -17,7 +17,6 @@ from mixdata.train.ddp import Dist
 from mixdata.train.loop import StageRun, train_stage
 from mixdata.train.metrics import MetricsLog, read_metrics, summarize
 from mixdata.train.stage import finish_stage, start_stage
-from test_train_model import SPEC, make_doc, tiny_config
 
 SEQ_LEN = 40
 CPU = Dist(0, 1, torch.device("cpu"))
@@ -164,8 +163,8 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(tmp_path):
              for r in range(2)]
     for proc in procs:
         proc.start()
-    results = dict((rank, (losses, params)) for rank, losses, params in
-                   (queue.get() for _ in procs))
+    results = {rank: (losses, params) for rank, losses, params in
+                   (queue.get() for _ in procs)}
     for proc in procs:
         proc.join(timeout=60)
         assert proc.exitcode == 0
@@ -178,7 +177,8 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(tmp_path):
 
 def test_resume_is_exact_on_real_shards_through_the_loader(tmp_path):
     """Built shards, mixdata.load with a DataLoader worker: N straight == N/2 + resume + N/2."""
-    from shard_fixtures import SEQ_LEN as FIXTURE_LEN, write_stage
+    from shard_fixtures import SEQ_LEN as FIXTURE_LEN
+    from shard_fixtures import write_stage
 
     from mixdata.train.data import open_data
 

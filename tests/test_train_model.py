@@ -19,8 +19,13 @@ from mixdata.train.config import ModelSpec
 from mixdata.train.connector import ConnectorConfig
 from mixdata.train.lm import LMConfig
 from mixdata.train.lora import merge_lora, set_mode
-from mixdata.train.model import (VLM, ModelConfig, check_tokens_per_tile, count_parameters,
-                                 model_config)
+from mixdata.train.model import (
+    VLM,
+    ModelConfig,
+    check_tokens_per_tile,
+    count_parameters,
+    model_config,
+)
 from mixdata.train.vision import VisionConfig
 
 TOKENIZER = load_tokenizer("bytes")

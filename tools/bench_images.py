@@ -27,8 +27,8 @@ from PIL import Image, ImageChops, ImageDraw
 
 from mixdata.image import ImagePolicy, cut_tiles, process, tiles_from_image
 from mixdata.image.decode import Header, draft_jpeg, open_image
-from mixdata.image.plan import plan_for
-from mixdata.image.process import RESAMPLE, decode_planned, needed_pixels
+from mixdata.image.planning import plan_for
+from mixdata.image.processing import RESAMPLE, decode_planned, needed_pixels
 
 MIXDATA = "mixdata idefics3 (decode, plan, resize, tiles)"
 FLOOR = "floor (draft decode + one resize)"

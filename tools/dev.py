@@ -3,7 +3,7 @@
 
   python3 tools/dev.py demo   create .venv if needed, install, then demo corpus -> build ->
                               train -> eval on the embedded demo (CPU, ~10 min)
-  python3 tools/dev.py test   create .venv if needed, install, run the test suite
+  python3 tools/dev.py test   create .venv if needed, install, lint (ruff), run the test suite
 
 Uses only the standard library until the virtual environment exists.
 """
@@ -59,7 +59,9 @@ def demo(extra: list[str]) -> None:
 
 
 def test(extra: list[str]) -> None:
+    """Lint (ruff, configured in pyproject.toml), then the test suite."""
     python = ensure_env()
+    _run([str(BIN / "ruff"), "check", "."])
     _run([str(python), "-m", "pytest", *extra])
 
 

@@ -6,8 +6,6 @@ import platform
 from collections import Counter
 from importlib import metadata
 
-import numpy as np
-
 from .. import __version__
 from ..image import view_limits
 from ..manifest import (
@@ -20,10 +18,9 @@ from ..manifest import (
     ShardEntry,
     SourceAccount,
 )
-from ..mix import window_deviation
 from ..tokens.dialect import dialect_of, recipe_tokenizer
-from .accounts import check_balance, record_fates
-from .plan import SourceDocs, StagePlan
+from .accounts import check_balance
+from .plan import StagePlan
 from .prepare import UnitStats
 
 VERSIONED = ("numpy", "pillow", "pyarrow", "pymupdf", "tokenizers", "webdataset")
@@ -37,32 +34,28 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def source_accounts(stage, plan: StagePlan, docs: dict[str, SourceDocs],
-                    stats: dict[str, list[UnitStats]]) -> dict[str, SourceAccount]:
+def source_accounts(stage, plan: StagePlan, stats: dict[str, list[UnitStats]]
+                    ) -> dict[str, SourceAccount]:
     """Every source's account (see `accounts`); AccountingError when one does not balance."""
     shares = stage.shares()
-    total_tokens = sum(sum(t.values()) for t in plan.seq_sources_tokens) or 1
-    documents = Counter(s for seq in plan.sequences for s, _, _ in seq)
-    total_docs = sum(documents.values()) or 1
-    tokens = Counter()
-    for per_source in plan.seq_sources_tokens:
-        tokens.update(per_source)
+    total_tokens = plan.tokens or 1
+    total_docs = sum(p.documents for p in plan.per_source.values()) or 1
     accounts, unaccounted = {}, {}
     for s, units in stats.items():
         rejected = Counter()
         for unit in units:
             rejected.update(unit.rejected)
-        records = docs[s].unit.astype(np.int64) << 32 | docs[s].record.astype(np.int64)
-        written, unused, unaccounted[s] = record_fates(records, plan.fates[s],
-                                                       stage.budget is not None)
+        planned = plan.per_source[s]
+        unaccounted[s] = planned.unaccounted
         accounts[s] = SourceAccount(
-            read=sum(u.read for u in units), written=written, rejected=sum(rejected.values()),
-            unused=sum(unused.values()), rejected_by_reason=dict(sorted(rejected.items())),
-            unused_by_reason=dict(sorted(unused.items())), units=len(units),
-            tokens=int(tokens[s]), images=int(plan.images[s]), documents=int(documents[s]),
-            epochs=round(plan.epochs.get(s, 0.0), 6),
-            share_tokens=round(tokens[s] / total_tokens, 6),
-            share_samples=round(documents[s] / total_docs, 6),
+            read=sum(u.read for u in units), written=planned.written,
+            rejected=sum(rejected.values()), unused=sum(planned.unused.values()),
+            rejected_by_reason=dict(sorted(rejected.items())),
+            unused_by_reason=dict(sorted(planned.unused.items())), units=len(units),
+            tokens=planned.tokens, images=planned.images, documents=planned.documents,
+            epochs=round(planned.epochs, 6),
+            share_tokens=round(planned.tokens / total_tokens, 6),
+            share_samples=round(planned.documents / total_docs, 6),
             target_share=round(shares.get(s, 0.0), 6))
     check_balance(accounts, unaccounted)
     return accounts
@@ -78,14 +71,13 @@ def geometry(recipe, stage) -> Geometry:
                     std=tuple(policy.std))
 
 
-def build_manifest(recipe, stage_name: str, plan: StagePlan, docs: dict[str, SourceDocs],
+def build_manifest(recipe, stage_name: str, plan: StagePlan,
                    stats: dict[str, list[UnitStats]], shard_infos: list[dict]) -> Manifest:
     stage = recipe.stages[stage_name]
     seq_len = recipe.stage_seq_len(stage_name)
-    real = sum(sum(t.values()) for t in plan.seq_sources_tokens)
-    n_seq = len(plan.sequences)
+    real, n_seq = plan.tokens, plan.sequences
     shares = stage.shares()
-    deviation = window_deviation(plan.seq_sources_tokens, shares, window=1000) if n_seq else 0.0
+    deviation = plan.window_deviation
     return Manifest(
         recipe=RecipeInfo(name=recipe.name, sha256=recipe.sha256, snapshot=recipe.raw),
         stage=stage_name, seed=recipe.seed, seq_len=seq_len,
@@ -100,7 +92,7 @@ def build_manifest(recipe, stage_name: str, plan: StagePlan, docs: dict[str, Sou
         shards=[ShardEntry(**{k: info[k] for k in ("name", "samples", "tokens", "images",
                                                    "bytes", "sha256")})
                 for info in shard_infos],
-        sources=source_accounts(stage, plan, docs, stats),
+        sources=source_accounts(stage, plan, stats),
         packing=PackingInfo(seq_len=seq_len, sequences=n_seq, tokens=int(real),
                             efficiency=round(real / (n_seq * seq_len), 6) if n_seq else 0.0,
                             max_images=stage.pack.max_images, max_tiles=stage.pack.max_tiles),

@@ -1,75 +1,129 @@
-"""Build phase 2: plan sequences and shards from prepared lengths alone.
+"""Build phase 2: plan sequences and shards from prepared lengths alone, chunk by chunk.
+
+`plan_stage` runs in memory bounded by a chunk, plus a bit per prepared document:
+1. scan each source's units for documents and tokens (`units.scan`);
+2. exact dedup across the stage for sources with `filters.dedup` (`units.find_duplicates`);
+3. the exact mixture schedule (`mix.StreamSchedule` over `units.UnitTable`s), cut at fixed
+   virtual times into chunks of about `CHUNK_DOCS` documents;
+4. `pack_chunk` on each chunk: a pure function of the chunk's numpy arrays, so chunks can be
+   packed anywhere, in any order, with the same result;
+5. in chunk order: the sequences budget, the chunk's document references written to
+   `folder/chunk-NNNNNN.npz`, the 1,000-sequence window deviation and per-source counts;
+6. per-record accounting (`units.record_accounts`).
 
 The plan depends only on the recipe, the seed and the prepared documents of each source's
-minimal unit prefix; never on how many workers prepared them.
+minimal unit prefix; never on how many workers prepared them, nor on who packs the chunks.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
-from dataclasses import dataclass, field
-import numpy as np
-import pyarrow.ipc as ipc
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import pairwise
+from pathlib import Path
+from typing import NamedTuple
 
-from ..mix import schedule
-from ..pack import PackItem, pack
-from .accounts import DocFates
+import numpy as np
+
+from ..mix import ScheduledChunk, StreamSchedule, WindowDeviation, default_span
+from ..pack import pack_arrays
+from .units import UnitTable, column, open_unit, record_accounts, scan_sources
 
 PACKING_SLACK = 0.99  # expected packing efficiency when a budget is given in sequences
 PREPARE_MARGIN = 1.02  # prepare a little beyond a source's share so packing never runs short
+CHUNK_DOCS = 1 << 16   # documents per plan chunk, on average
 
 
-@dataclass
-class SourceDocs:
-    """The prepared documents of one source's unit prefix, as flat arrays."""
+@dataclass(frozen=True)
+class SourceInput:
+    """One source's prepared unit prefix: unit names, cache paths (without `.arrow`), and
+    whether its documents take part in exact dedup."""
 
-    units: list[str]
-    paths: list[str]
-    unit: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    record: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    length: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    images: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    views: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    dedup: list[str] = field(default_factory=list)
-    keep: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-
-    def __len__(self) -> int:
-        return int(self.keep.sum())
+    units: tuple[str, ...]
+    paths: tuple[str, ...]
+    dedup: bool = False
 
 
-def load_docs(units: list[str], paths: list[str]) -> SourceDocs:
-    cols = {k: [] for k in ("unit", "row", "record", "length", "images", "views")}
-    dedup: list[str] = []
-    for index, path in enumerate(paths):
-        with ipc.open_file(path + ".arrow") as reader:
-            table = reader.read_all().select(["record", "length", "n_images", "n_views", "dedup"])
-        n = table.num_rows
-        cols["unit"].append(np.full(n, index, np.int32))
-        cols["row"].append(np.arange(n, dtype=np.int32))
-        cols["record"].append(table["record"].to_numpy().astype(np.int32))
-        cols["length"].append(table["length"].to_numpy().astype(np.int32))
-        cols["images"].append(table["n_images"].to_numpy().astype(np.int32))
-        cols["views"].append(table["n_views"].to_numpy().astype(np.int32))
-        dedup.extend(table["dedup"].to_pylist())
-    arrays = {k: np.concatenate(v) if v else np.zeros(0, np.int32) for k, v in cols.items()}
-    return SourceDocs(units=units, paths=paths, dedup=dedup, keep=np.ones(len(dedup), bool),
-                      **arrays)
+@dataclass(frozen=True)
+class SourcePlan:
+    """What the plan did with one source's prepared documents and records."""
+
+    documents: int      # documents written (a repeated document counts each time)
+    tokens: int         # tokens written
+    images: int         # images written
+    epochs: float       # documents written / documents kept after dedup
+    written: int        # records with at least one document written
+    unused: dict[str, int]  # records with none, by reason (`units.REASONS`)
+    unaccounted: int    # records scheduled but neither written nor cut: always 0, or a bug
 
 
-def apply_dedup(docs: dict[str, SourceDocs], source_order: list[str]) -> None:
-    """Drop exact duplicates across the stage (`keep` False), the first occurrence winning."""
-    seen: set[str] = set()
-    for name in source_order:
-        d = docs[name]
-        for i, key in enumerate(d.dedup):
-            if not key:
-                continue
-            if key in seen:
-                d.keep[i] = False
-            else:
-                seen.add(key)
+class SequenceRefs(NamedTuple):
+    """Sequences first..first+count-1: sequence k holds documents offsets[k]:offsets[k+1] of
+    the flat arrays (source index into `StagePlan.sources`, unit index, row in the unit)."""
+
+    first: int
+    offsets: np.ndarray  # int64 [count + 1]
+    source: np.ndarray   # int16
+    unit: np.ndarray     # int32
+    row: np.ndarray      # int32
+
+    def sequences(self, names, paths) -> list[list[tuple[str, str, int]]]:
+        """Per sequence [(source name, unit cache path, row)], what `write` assembles."""
+        src, unit, row = self.source.tolist(), self.unit.tolist(), self.row.tolist()
+        docs = [(names[s], paths[names[s]][u], r) for s, u, r in zip(src, unit, row)]
+        bounds = self.offsets.tolist()
+        return [docs[a:b] for a, b in pairwise(bounds)]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """The plan of one stage: its sequences live in chunk files under `folder`."""
+
+    folder: Path
+    sources: tuple[str, ...]            # source order (indices in SequenceRefs.source)
+    chunk_starts: tuple[int, ...]       # first sequence of each chunk file
+    sequences: int
+    tokens: int
+    window_deviation: float             # largest share deviation over 1,000-sequence windows
+    per_source: dict[str, SourcePlan]
+
+    def shard_ranges(self, per_shard: int) -> list[range]:
+        return [range(i, min(i + per_shard, self.sequences))
+                for i in range(0, self.sequences, per_shard)]
+
+    def refs(self, first: int, count: int) -> SequenceRefs:
+        """The document references of `count` sequences from `first` (any chunks)."""
+        parts, k, stop = [], bisect_right(self.chunk_starts, first) - 1, first + count
+        while count and k < len(self.chunk_starts) and self.chunk_starts[k] < stop:
+            data = _chunk_file(self.folder / f"chunk-{k:06d}.npz")
+            a = max(first, self.chunk_starts[k]) - self.chunk_starts[k]
+            b = min(stop, self.chunk_starts[k] + len(data["offsets"]) - 1) - self.chunk_starts[k]
+            lo, hi = int(data["offsets"][a]), int(data["offsets"][b])
+            parts.append((data["offsets"][a:b + 1] - lo, data["source"][lo:hi],
+                          data["unit"][lo:hi], data["row"][lo:hi]))
+            k += 1
+        if not parts:
+            return SequenceRefs(first, np.zeros(1, np.int64), np.zeros(0, np.int16),
+                                np.zeros(0, np.int32), np.zeros(0, np.int32))
+        base = np.cumsum([0] + [len(p[1]) for p in parts])
+        offsets = np.concatenate([parts[0][0][:1]] + [p[0][1:] + b for p, b in zip(parts, base)])
+        return SequenceRefs(first, offsets, *(np.concatenate([p[i] for p in parts])
+                                              for i in (1, 2, 3)))
+
+
+def _chunk_file(path: Path) -> dict[str, np.ndarray]:
+    """A chunk's arrays; the last two read are kept, as shards read their chunks in order."""
+    stat = path.stat()
+    return _read_chunk(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=2)
+def _read_chunk(path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 def stage_budget(stage, seq_len: int, mean_len: dict[str, float], shares: dict[str, float]):
@@ -87,64 +141,132 @@ def stage_budget(stage, seq_len: int, mean_len: dict[str, float], shares: dict[s
     return amount
 
 
-@dataclass
-class StagePlan:
-    sequences: list[list[tuple[str, int, int]]]  # per sequence: (source, unit index, row)
-    epochs: dict[str, float]
-    seq_sources_tokens: list[dict[str, int]]
-    images: Counter
-    fates: dict[str, DocFates]   # per source: what became of each prepared document
+def pack_chunk(chunk: ScheduledChunk, seq_len: int, caps: tuple[int | None, int | None]):
+    """Pack one scheduled chunk (pure: numpy arrays in, `pack.Packed` out)."""
+    cols = chunk.columns
+    return pack_arrays(cols["length"], seq_len, images=cols["images"], views=cols["views"],
+                       group=chunk.source, max_images=caps[0], max_views=caps[1])
 
 
-def plan_stage(stage, docs: dict[str, SourceDocs], *, seq_len: int, seed: int) -> StagePlan:
-    shares = {s: v for s, v in stage.shares().items()}
-    mean_len = {s: float(d.length[d.keep].mean()) if len(d) else 1.0 for s, d in docs.items()}
+def plan_stage(stage, sources: dict[str, SourceInput], *, seq_len: int, seed: int,
+               folder: Path, chunk_docs: int = CHUNK_DOCS,
+               on_chunk: Callable[[int], None] | None = None) -> StagePlan:
+    """Plan one stage (module docstring) into `folder`; `on_chunk(documents)` reports
+    progress. MixError (a MixdataError) when the mixture cannot be scheduled."""
+    from ..mix import normalise
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("chunk-*.npz"):
+        stale.unlink()
+    names = [s for s in stage.shares() if s in sources]
+    tables = _tables(sources, names, stage.weight_by, folder)
+    shares = normalise({s: v for s, v in stage.shares().items() if s in tables or v > 0},
+                       tables)
+    mean_len = {s: t.kept_tokens / t.kept if t.kept else 1.0 for s, t in tables.items()}
     budget = stage_budget(stage, seq_len, mean_len, shares)
-    index = {s: np.flatnonzero(d.keep) for s, d in docs.items()}
-    costs = {s: (docs[s].length[index[s]] if stage.weight_by == "tokens"
-                 else np.ones(len(index[s]), np.int64)) for s in shares}
-    mix = schedule(shares, costs, budget=budget, max_epochs=stage.max_epochs, seed=seed)
-    picks = [(p.source, int(index[p.source][p.index])) for p in mix.picks]
-    group = {s: k for k, s in enumerate(shares)}  # pack keeps each source's share per window
-    items = [PackItem(length=int(docs[s].length[i]), images=int(docs[s].images[i]),
-                      views=int(docs[s].views[i]), group=group[s]) for s, i in picks]
-    bins = pack(items, seq_len, max_images=stage.pack.max_images,
-                max_views=stage.pack.max_tiles, window=stage.pack.window)
-    fates = {s: DocFates.empty(len(d.keep), ~d.keep) for s, d in docs.items()}
-    for s, i in picks:
-        fates[s].scheduled[i] = True
-    if stage.budget is not None and stage.budget.unit == "sequences":
-        for members in bins[int(stage.budget.amount):]:
-            for m in members:
-                fates[picks[m][0]].cut[picks[m][1]] = True
-        bins = bins[:int(stage.budget.amount)]
-    sequences, tokens, images = [], [], Counter()
-    for members in bins:
-        seq, per_source = [], Counter()
-        for m in members:
-            s, i = picks[m]
-            seq.append((s, int(docs[s].unit[i]), int(docs[s].row[i])))
-            per_source[s] += int(docs[s].length[i])
-            images[s] += int(docs[s].images[i])
-            fates[s].packed[i] = True
-        sequences.append(seq)
-        tokens.append(dict(per_source))
-    return StagePlan(sequences=sequences, epochs=dict(mix.epochs), seq_sources_tokens=tokens,
-                     images=images, fates=fates)
+    schedule = StreamSchedule(shares, tables, budget=budget, max_epochs=stage.max_epochs,
+                              seed=seed, span=default_span(shares, tables, chunk_docs))
+    limit = int(stage.budget.amount) if stage.budget and stage.budget.unit == "sequences" \
+        else None
+    reducer = _Reducer(schedule.names, [tables[s] for s in schedule.names], folder, shares,
+                       limit, has_budget=stage.budget is not None)
+    caps = (stage.pack.max_images, stage.pack.max_tiles)
+    for chunk in schedule:
+        if not reducer.add(chunk, pack_chunk(chunk, seq_len, caps)):
+            break
+        if on_chunk is not None:
+            on_chunk(len(chunk.source))
+    plan = reducer.finish()
+    for done in folder.glob("columns-*.bin"):
+        done.unlink()
+    return plan
 
 
-def shard_groups(plan: StagePlan, per_shard: int) -> list[list[int]]:
-    n = len(plan.sequences)
-    return [list(range(i, min(i + per_shard, n))) for i in range(0, n, per_shard)]
+def _tables(sources: dict[str, SourceInput], names: list[str], weight_by: str,
+            folder: Path) -> dict[str, UnitTable]:
+    scanned = scan_sources([(list(sources[s].paths), sources[s].dedup) for s in names], folder)
+    return {s: UnitTable(*found, weight_by) for s, found in zip(names, scanned)}
 
 
-def shard_hash(plan: StagePlan, seq_indices: list[int], unit_keys: dict[str, list[str]],
-               context: str) -> str:
-    """Identity of one shard's content: its documents, their cache keys and the build context."""
+class _Reducer:
+    """Consumes packed chunks in order: cuts at the sequences budget, writes each chunk's
+    references, and counts what each source wrote."""
+
+    def __init__(self, names: list[str], tables: list[UnitTable], folder: Path,
+                 shares: dict[str, float], limit: int | None, has_budget: bool) -> None:
+        self.names, self.tables, self.folder, self.limit = names, tables, folder, limit
+        self.has_budget = has_budget
+        self.written = [np.zeros((t.size + 7) // 8, np.uint8) for t in tables]
+        self.scheduled = [np.zeros((t.size + 7) // 8, np.uint8) for t in tables]
+        self.cut: list[list[np.ndarray]] = [[] for _ in tables]
+        self.totals = np.zeros((3, len(names)), np.int64)  # documents, tokens, images
+        self.window = WindowDeviation(shares, names)
+        self.starts: list[int] = []
+        self.sequences = 0
+
+    def add(self, chunk: ScheduledChunk, packed) -> bool:
+        """Take one chunk; False once the sequences budget is reached."""
+        count = len(packed.offsets) - 1
+        if self.limit is not None:
+            count = min(count, self.limit - self.sequences)
+        end = int(packed.offsets[count])
+        docs, dropped = packed.order[:end], packed.order[end:]
+        src, cols = chunk.source, chunk.columns
+        groups = len(self.names)
+        seq = np.repeat(np.arange(count), np.diff(packed.offsets[:count + 1]))
+        tokens = np.bincount(seq * groups + src[docs], weights=cols["length"][docs],
+                             minlength=count * groups).reshape(count, groups)
+        self.window.add(tokens)
+        refs = {"offsets": packed.offsets[:count + 1].astype(np.int64),
+                "source": src[docs].astype(np.int16)}
+        refs["unit"], refs["row"] = np.zeros(end, np.int32), np.zeros(end, np.int32)
+        for k, table in enumerate(self.tables):
+            mine = src[docs] == k
+            index = cols["index"][docs][mine]
+            unit, row = table.locate(index)
+            refs["unit"][mine], refs["row"][mine] = unit, row
+            _set_bits(self.written[k], index)
+            _set_bits(self.scheduled[k], cols["index"][src == k])
+            self.totals[:, k] += (len(index), int(cols["length"][docs][mine].sum()),
+                                  int(cols["images"][docs][mine].sum()))
+            self.cut[k].append(cols["index"][dropped][src[dropped] == k])
+        np.savez(self.folder / f"chunk-{len(self.starts):06d}.npz", **refs)
+        self.starts.append(self.sequences)
+        self.sequences += count
+        return self.limit is None or self.sequences < self.limit
+
+    def finish(self) -> StagePlan:
+        per_source = {}
+        for k, (name, table) in enumerate(zip(self.names, self.tables)):
+            cut = np.unique(np.concatenate(self.cut[k])) if self.cut[k] else np.zeros(0, np.int64)
+            written, unused, lost = record_accounts(table, self.written[k], self.scheduled[k],
+                                                    cut, self.has_budget)
+            documents, tokens, images = (int(x) for x in self.totals[:, k])
+            per_source[name] = SourcePlan(
+                documents=documents, tokens=tokens, images=images,
+                epochs=documents / table.kept if table.kept else 0.0, written=written,
+                unused=unused, unaccounted=lost)
+        return StagePlan(folder=self.folder, sources=tuple(self.names),
+                         chunk_starts=tuple(self.starts), sequences=self.sequences,
+                         tokens=int(self.totals[1].sum()),
+                         window_deviation=self.window.value, per_source=per_source)
+
+
+def _set_bits(bits: np.ndarray, index: np.ndarray) -> None:
+    np.bitwise_or.at(bits, index >> 3, (1 << (index & 7)).astype(np.uint8))
+
+
+def shard_hash(refs: SequenceRefs, names, unit_keys: dict[str, list[str]], context: str) -> str:
+    """Identity of one shard's content: its sequences' documents (source, unit cache key,
+    row), their position in the stage and the build context."""
     digest = hashlib.sha256(context.encode())
-    for k in seq_indices:
-        refs = [(s, unit_keys[s][u], r) for s, u, r in plan.sequences[k]]
-        digest.update(json.dumps([k, refs]).encode())
+    used = np.unique((refs.source.astype(np.int64) << 32) | refs.unit.astype(np.int64))
+    keys = [[names[u >> 32], unit_keys[names[u >> 32]][u & 0xFFFFFFFF]] for u in used.tolist()]
+    digest.update(json.dumps([refs.first, keys]).encode())
+    for array, dtype in ((refs.offsets, "<i8"), (refs.source, "<i2"), (refs.unit, "<i4"),
+                         (refs.row, "<i4")):
+        digest.update(np.ascontiguousarray(array, dtype).tobytes())
     return digest.hexdigest()
 
 
@@ -163,5 +285,4 @@ def prefix_length(unit_costs: list[float | None], need: float | None) -> int | N
 def unit_cost(stats: dict, path: str, weight_by: str) -> float:
     if weight_by == "samples":
         return float(stats["docs"])
-    with ipc.open_file(path + ".arrow") as reader:
-        return float(reader.read_all()["length"].to_numpy().sum())
+    return float(column(open_unit(path), "length").sum())

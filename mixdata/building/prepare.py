@@ -27,7 +27,7 @@ from ..storage import atomic_file, write_json_atomic
 from ..tokens import render
 from ..tokens.dialect import recipe_tokenizer
 
-FORMAT_VERSION = "prepare-v3"
+FORMAT_VERSION = "prepare-v4"
 
 SCHEMA = pa.schema([
     ("record", pa.int32()),          # index of the record within its unit
@@ -41,7 +41,7 @@ SCHEMA = pa.schema([
     ("n_views", pa.int32()),
     ("images", pa.list_(pa.binary())),  # processed image bytes, in token order
     ("meta", pa.string()),           # JSON: per image {plan, span, ext}
-    ("dedup", pa.string()),          # sha1 of text + image bytes, "" when dedup is off
+    ("dedup", pa.binary(16)),        # sha1 of text + image bytes (first 16 bytes); zeros: off
 ])
 
 
@@ -186,7 +186,7 @@ def prepare_unit(task: UnitTask) -> UnitStats:
                                   locator=item.meta.get("locator", f"{task.unit}#{item.id}"),
                                   reason=err.reason, message=err.message)
                 else:
-                    key = dedup_key(item) if dedup else ""
+                    key = bytes.fromhex(dedup_key(item))[:16] if dedup else bytes(16)
                     rows.extend({**row, "record": record, "dedup": key} for row in new)
                     continue
             rejects.write(json.dumps(item.to_json(), sort_keys=True) + "\n")

@@ -21,16 +21,7 @@ from ..manifest import write_manifest
 from ..sources import open_source
 from ..storage import remove_temp_files, write_json_atomic
 from .manifest import build_manifest
-from .plan import (
-    PREPARE_MARGIN,
-    apply_dedup,
-    load_docs,
-    plan_stage,
-    prefix_length,
-    shard_groups,
-    shard_hash,
-    stage_budget,
-)
+from .plan import PREPARE_MARGIN, SourceInput, plan_stage, prefix_length, shard_hash, stage_budget
 from .pool import Executor, TaskHook
 from .prepare import UnitStats, prepare_unit, task_for
 from .rejects import RejectGuard, write_rejects
@@ -78,11 +69,7 @@ def build_stage(recipe, stage_name: str, out: str | Path | None = None, *, worke
         stats = _prepare(recipe, stage_name, out / ".prepare", executor, options)
         timings["prepare_s"] = time.perf_counter() - started
         t = time.perf_counter()
-        docs = {s: load_docs([u.unit for u in stats[s]], [u.path for u in stats[s]])
-                for s in stats}
-        apply_dedup(docs, list(stats))
-        plan = plan_stage(recipe.stages[stage_name], docs,
-                          seq_len=recipe.stage_seq_len(stage_name), seed=recipe.seed)
+        plan = _plan(recipe, stage_name, stats, out, options)
         timings["plan_s"] = time.perf_counter() - t
         t = time.perf_counter()
         shard_infos = _write(recipe, stage_name, out, plan, stats, executor, options)
@@ -90,7 +77,7 @@ def build_stage(recipe, stage_name: str, out: str | Path | None = None, *, worke
     finally:
         timings["pool_started"] = executor.started
         executor.close()
-    manifest = build_manifest(recipe, stage_name, plan, docs, stats, shard_infos)
+    manifest = build_manifest(recipe, stage_name, plan, stats, shard_infos)
     write_rejects(out, [u for s in stats for u in stats[s]])
     timings.update(total_s=time.perf_counter() - started, workers=executor.workers)
     write_json_atomic(out / "timings.json", timings)
@@ -161,6 +148,20 @@ def _wanted_units(stats, weight_by: str, need, workers: int) -> list[tuple[str, 
     return wanted
 
 
+def _plan(recipe, stage_name: str, stats, out: Path, options: BuildOptions):
+    sources = {s: SourceInput(units=tuple(u.unit for u in units),
+                              paths=tuple(u.path for u in units),
+                              dedup=recipe.sources[s].filters.dedup)
+               for s, units in stats.items()}
+    bar = _bar("plan", None, options.progress, "doc")
+    try:
+        return plan_stage(recipe.stages[stage_name], sources,
+                          seq_len=recipe.stage_seq_len(stage_name), seed=recipe.seed,
+                          folder=out / ".plan", on_chunk=bar.update)
+    finally:
+        bar.close()
+
+
 def _write(recipe, stage_name: str, out: Path, plan, stats, executor: Executor,
            options: BuildOptions) -> list[dict]:
     stage = recipe.stages[stage_name]
@@ -168,11 +169,12 @@ def _write(recipe, stage_name: str, out: Path, plan, stats, executor: Executor,
     keys = {s: [os.path.basename(p) for p in paths[s]] for s in stats}
     context = json.dumps({"recipe": recipe.sha256, "stage": stage_name, "v": 1})
     tasks = []
-    for n, group in enumerate(shard_groups(plan, stage.pack.sequences_per_shard)):
-        seqs = [[(s, paths[s][u], r) for s, u, r in plan.sequences[k]] for k in group]
+    for n, group in enumerate(plan.shard_ranges(stage.pack.sequences_per_shard)):
+        refs = plan.refs(group.start, len(group))
         tasks.append(ShardTask(out_dir=str(out), name=f"shard-{n:06d}.tar",
-                               plan_hash=shard_hash(plan, group, keys, context),
-                               first_index=group[0], sequences=seqs))
+                               plan_hash=shard_hash(refs, plan.sources, keys, context),
+                               first_index=group.start,
+                               sequences=refs.sequences(plan.sources, paths)))
     names = {t.name for t in tasks}
     for stale in out.glob("shard-*.tar"):
         if stale.name not in names:

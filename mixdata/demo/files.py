@@ -114,7 +114,8 @@ class TarBuilder:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)
+        # closed by close(), which the kind writers call once every member is added
+        self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
 
     def add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -123,7 +124,7 @@ class TarBuilder:
         info.uname = info.gname = ""
         self._tar.addfile(info, io.BytesIO(data))
 
-    def __enter__(self) -> "TarBuilder":
+    def __enter__(self) -> TarBuilder:
         return self
 
     def __exit__(self, *exc) -> None:

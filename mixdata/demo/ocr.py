@@ -9,8 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from . import content, pages
-from .files import KindReport, TarBuilder, broken_image, broken_slots, json_bytes, png_bytes, \
-    write_bytes
+from .files import (
+    KindReport,
+    TarBuilder,
+    broken_image,
+    broken_slots,
+    json_bytes,
+    png_bytes,
+    write_bytes,
+)
 
 RENDERED_SIZE = (256, 128)
 

@@ -14,8 +14,20 @@ import numpy as np
 import pyarrow as pa
 
 from . import content
-from .files import (KindReport, TarBuilder, broken_image, broken_slots, jpeg_bytes, json_bytes,
-                    jsonl_bytes, png_bytes, truncated, write_bytes, write_gzip, write_parquet)
+from .files import (
+    KindReport,
+    TarBuilder,
+    broken_image,
+    broken_slots,
+    jpeg_bytes,
+    json_bytes,
+    jsonl_bytes,
+    png_bytes,
+    truncated,
+    write_bytes,
+    write_gzip,
+    write_parquet,
+)
 
 DEMO_HOST = "https://demo.mixdata.invalid"  # .invalid: these URLs can never resolve
 

@@ -12,8 +12,16 @@ import numpy as np
 import pyarrow as pa
 
 from . import content
-from .files import (KindReport, broken_image, broken_slots, json_bytes, jsonl_bytes, png_bytes,
-                    write_bytes, write_parquet)
+from .files import (
+    KindReport,
+    broken_image,
+    broken_slots,
+    json_bytes,
+    jsonl_bytes,
+    png_bytes,
+    write_bytes,
+    write_parquet,
+)
 
 OCR_QUESTION = "What word is written?"
 DESCRIBE = "Describe the image."

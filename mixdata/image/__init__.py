@@ -7,11 +7,11 @@
 - `probe`: (width, height, format) from the header only.
 """
 from .decode import probe
-from .layout import image_token_count, layout, special_tokens
-from .plan import ImagePlan, ViewLimits, plan, plan_for, view_limits
+from .placeholders import image_token_count, layout, special_tokens
+from .planning import ImagePlan, ViewLimits, plan, plan_for, view_limits
 from .policy import PRESETS, ImagePolicy
 from .presets import DEFAULTS
-from .process import ProcessedImage, process
+from .processing import ProcessedImage, process
 from .tiles import cut_tiles, tiles_from_image
 
 __all__ = [

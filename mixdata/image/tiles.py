@@ -13,8 +13,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from .plan import ImagePlan
-from .process import RESAMPLE
+from .planning import ImagePlan
+from .processing import RESAMPLE
 
 # The global view is the processed image shrunk 2-4x per side, which costs a third of a
 # decode through Pillow. torch's uint8 antialiased resize is vectorised, reads the decoded

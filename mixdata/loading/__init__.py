@@ -1,9 +1,10 @@
 """`mixdata.load`: stream built shards into PyTorch with equal work per rank and exact resume.
 
-Modules: `order` (pure order arithmetic: shard permutations, rank and stream ranges, shuffle
-order, mixture pattern), `reader` (streaming shards with fault handling), `collate` (pure
-sequences -> batch, pixel normalisation), `families` (pure sequences -> a model family's
-forward keyword arguments), `dataset` (the IterableDataset and its state).
+Modules: `order` (pure order arithmetic: shard permutations, the world-size-independent
+lanes and steps, shuffle order, mixture pattern), `reader` (streaming shards with fault
+handling), `collate` (pure sequences -> batch, pixel normalisation), `families` (pure
+sequences -> a model family's forward keyword arguments), `dataset` (the IterableDataset
+and its state).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ __all__ = ["BatchSpec", "FamilyCollate", "LoadConfig", "MixdataDataset", "Mixdat
 def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1000,
          epochs: int | None = None, rank: int | None = None, world_size: int | None = None,
          drop_last: bool = True, weights: list[float] | None = None, max_failures: int = 16,
-         streams: int | None = None, collate: str | FamilyCollate | None = None
+         streams: int | None = None, canonical_ranks: int | None = None,
+         approximate_resume: bool = False, collate: str | FamilyCollate | None = None
          ) -> MixdataDataset:
     """An IterableDataset of this rank's batches over one or several built stages.
 
@@ -38,9 +40,15 @@ def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1
       held per rank for it (0: no shuffle); `epochs=None` streams forever.
     - `rank` / `world_size` default to torch.distributed, else $RANK / $WORLD_SIZE, else 0 / 1.
     - `drop_last`: see `loading.order.Split`; `max_failures`: failures in a row before raising.
-    - `streams`: how many contiguous streams each rank's share is read as; the batch order
-      depends on it and any DataLoader worker count dividing it gives that same order.
-      Default: the worker count of `ds.loader()` or of the DataLoader.
+    - `streams`: how many contiguous streams each canonical rank's share is read as; the
+      batch order depends on it and any DataLoader worker count dividing it gives that same
+      order. Default: the worker count of `ds.loader()` or of the DataLoader.
+    - `canonical_ranks`: the world sizes the batch order is laid out for (default: this
+      world size). Global batch k is the same sequences under every world size dividing it
+      (with the same global batch, `batch_size x world_size`), so a state resumes exactly on
+      more or fewer ranks; see `loading.order`. A state taken with other canonical ranks or
+      another global batch is refused, unless `approximate_resume=True` (then its epoch
+      restarts at the same fraction, see `loading.dataset`).
     - `collate`: None for mixdata's batch contract (`loading.collate`: shifted labels, uint8
       views, tile spans), or a model family (`"idefics3"`, `"llava-next"`, `"qwen2vl"`,
       `"internvl"`, or a `FamilyCollate` with options) for `ModelBatch`es holding exactly
@@ -59,7 +67,8 @@ def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1
         spec = collator.spec
     config = LoadConfig(batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer,
                         epochs=epochs, drop_last=drop_last, streams=streams,
-                        max_failures=max_failures)
+                        max_failures=max_failures, canonical_ranks=canonical_ranks,
+                        approximate_resume=approximate_resume)
     components = [Component(folder=locate_manifest(url)[0], seed=seed + index,
                             shards=tuple((s.name, s.samples) for s in m.shards))
                   for index, (url, m) in enumerate(zip(urls, manifests))]

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import RecordRejected
 from ..image import ImagePlan
-from ..image.layout import tokens_per_view
+from ..image.placeholders import tokens_per_view
 from ..image.tiles import check_size, cut_tiles, processed_size, view_shape
 from ..shards import PackedSequence, ShardError
 

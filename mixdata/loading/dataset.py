@@ -1,23 +1,29 @@
 """`MixdataDataset`: the IterableDataset of batches, its resumable position and its loader.
 
-Position. The dataset's whole state is its position: (epoch, batches of that epoch already
-consumed on this rank), with the stream count and world size it was taken under. Iterating
-continues from the position and advances it in the process that iterates; with DataLoader
-workers, `ds.loader()` (or torchdata's StatefulDataLoader, which asks each worker) keeps it.
+Position. The dataset's whole state is its position: (epoch, steps of that epoch already
+consumed), with the layout it was taken under (streams, canonical ranks, global batch). A
+step is one global batch, so the position is the same on every rank. Iterating continues
+from the position and advances it in the process that iterates; with DataLoader workers,
+`ds.loader()` (or torchdata's StatefulDataLoader, which asks each worker) keeps it.
 
-Workers. Batch j of an epoch is batch j // streams of stream j % streams. A DataLoader
+Workers. Batch j of an epoch comes from stream j % streams (see `order.Split`). A DataLoader
 collects batches from its workers round-robin, starting at worker 0 when an iteration starts
 (or, under StatefulDataLoader, after the worker that yielded last), so an iteration that
 starts at batch k0 (`offset`) gives batch j to worker (j - k0) % num_workers, which then owns
 every stream s with (s - k0) % num_workers == worker: any worker count dividing `streams`
 yields the same batches in the same order. A worker restored to position (e, k) skips, in
-each stream it owns, the batches of that stream among the first k, replaying only the
+each lane it owns, the blocks of that lane among the first k steps, replaying only the
 shuffle of those positions (their samples are read and validated, their images never
 decoded).
 
-World size. Resuming under another world size is not exact: every rank keeps the saved epoch
-and skips the same fraction of its (new, differently cut) range, so within that epoch some
-sequences are read twice and others not at all; the next epoch is exact for the new size.
+World size. The order is laid out for `canonical_ranks` ranks (default: the world size), and
+a state records it with the global batch. Restored under any world size that divides it,
+with the same global batch (batch_size x world_size), the run continues with exactly the
+global batches the uninterrupted run would have given: each rank takes its slice, nothing is
+repeated or skipped. A different global batch (or a world size that does not divide the
+canonical ranks) is refused, unless the dataset was loaded with `approximate_resume=True`:
+then it keeps its own layout and restarts the saved epoch at the same fraction of its
+sequences, so within that epoch some are read twice and others not at all.
 """
 from __future__ import annotations
 
@@ -60,9 +66,11 @@ class LoadConfig:
     drop_last: bool = True
     streams: int | None = None
     max_failures: int = 16
+    canonical_ranks: int | None = None
+    approximate_resume: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "streams", "epochs"):
+        for name in ("batch_size", "streams", "epochs", "canonical_ranks"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise MixdataError(f"{name} must be a positive integer, got {value}")
@@ -84,6 +92,7 @@ class MixdataDataset(IterableDataset):
         self.rank, self.world_size, self.pattern = rank, world_size, pattern
         self.samples = components[0].samples if pattern is None else len(pattern)
         self._streams = config.streams
+        self._ranks = config.canonical_ranks or world_size
         self._position = (0, 0)
         self._offset = 0  # the batch at which the DataLoader iteration began (see above)
         self._stats = LoadStats()
@@ -94,7 +103,7 @@ class MixdataDataset(IterableDataset):
     def split(self, streams: int) -> Split:
         return Split(samples=self.samples, batch_size=self.config.batch_size,
                      world_size=self.world_size, rank=self.rank, streams=streams,
-                     drop_last=self.config.drop_last)
+                     drop_last=self.config.drop_last, canonical_ranks=self._ranks)
 
     @property
     def streams(self) -> int | None:
@@ -148,24 +157,25 @@ class MixdataDataset(IterableDataset):
         index, workers = worker
         offset = self._offset % workers
         owned = worker_streams(split.streams, (index + offset) % workers, workers)
-        batches = {s: self._stream(split, positions, epoch, s, split.consumed(s, done))
-                   for s in owned}
+        lanes = {s: [self._lane(split, positions, epoch, c, s, split.consumed(s, done))
+                     for c in split.owned] for s in owned}
         first = done + (index + offset - done) % workers
         for j in range(first, split.batches, workers):
-            rows = next(batches[j % split.streams])
+            rows = [row for lane in lanes[j % split.streams] for row in next(lane)]
             batch = self._collate(rows, allocate)
             self._position = (epoch, j + 1)  # before the yield: a snapshot taken now has it
             yield batch
 
-    def _stream(self, split: Split, positions: Positions, epoch: int, stream: int, skip: int):
-        start, stop = split.stream_range(stream)
+    def _lane(self, split: Split, positions: Positions, epoch: int, canonical: int,
+              stream: int, skip: int):
+        """Blocks of `split.block` sequences of one lane, from its `skip`-th block."""
+        start, stop = split.lane_range(canonical, stream)
         buffer = math.ceil(self.config.shuffle_buffer / split.streams)
-        rng = np.random.default_rng([self.config.seed, epoch, self.rank, stream])
+        rng = np.random.default_rng([self.config.seed, epoch, canonical, stream])
         order = shuffle_order(stop - start, buffer, rng)
         samples = fill_failures(lambda: positions.read(epoch, start, stop), stop - start,
                                 positions.failures)
-        batch_size = self.config.batch_size
-        return chunked(shuffled(samples, order, skip * batch_size), batch_size)
+        return chunked(shuffled(samples, order, skip * split.block), split.block)
 
     def _collate(self, sequences, allocate) -> dict:
         """Cut every row's images; a row that fails is replaced by a neighbouring good row."""
@@ -199,33 +209,75 @@ class MixdataDataset(IterableDataset):
         self._position = (epoch, done + 1)
 
     def state_dict(self) -> dict:
-        """A few integers: the position and what it was taken under."""
+        """A few integers: the position (the same on every rank) and its layout."""
         epoch, done = self._position
+        split = self.split(self._streams) if self._streams else None
         return {"epoch": epoch, "batches": done, "streams": self._streams,
                 "offset": self._offset, "world_size": self.world_size,
-                "batches_per_epoch": self.split(self._streams).batches if self._streams else None}
+                "canonical_ranks": self._ranks,
+                "global_batch": self.config.batch_size * self.world_size,
+                "batches_per_epoch": split.batches if split else None}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from `state` (see the module docstring for a changed world size)."""
+        """Continue from `state`, exactly under any world size dividing its canonical ranks
+        with the same global batch (see the module docstring)."""
         streams = state.get("streams")
         if self.config.streams and streams and streams != self.config.streams:
             raise MixdataError(f"the state was taken with streams={streams}, this dataset has "
                                f"streams={self.config.streams}: the batch order differs; load "
                                f"with streams={streams}")
-        self._streams = streams or self._streams
         epoch, done = int(state["epoch"]), int(state["batches"])
-        saved = state.get("batches_per_epoch")
-        if state.get("world_size", self.world_size) != self.world_size and saved and \
-                self._streams:
-            now = self.split(self._streams).batches
-            log.warning("resuming a state from world size %s under %s: epoch %d restarts at "
-                        "the same fraction of each rank's range, not exactly",
-                        state["world_size"], self.world_size, epoch)
-            done = done * now // saved
+        mismatch = self._layout_mismatch(state)
+        if mismatch and not self.config.approximate_resume:
+            raise MixdataError(f"cannot resume this state exactly: {mismatch}. Load with the "
+                               "state's layout, or pass approximate_resume=True to restart its "
+                               "epoch at the same fraction (some sequences then repeat or are "
+                               "skipped within that epoch)")
+        self._streams = streams or self._streams
+        if mismatch:
+            done = self._same_fraction(state, done)
+        else:
+            self._ranks = int(state.get("canonical_ranks") or state.get("world_size")
+                              or self._ranks)
         self._position = (epoch, done)
         # Inside a worker (StatefulDataLoader) the round-robin continues where it stopped; in
         # the main process the next DataLoader iteration starts it afresh at this batch.
         self._offset = int(state.get("offset", 0)) if get_worker_info() else done
+
+    def _layout_mismatch(self, state: dict) -> str | None:
+        """Why `state` cannot continue exactly here, or None."""
+        saved_world = state.get("world_size", self.world_size)
+        ranks = state.get("canonical_ranks") or saved_world
+        global_batch = state.get("global_batch")
+        if global_batch is None and saved_world != self.world_size:
+            return (f"it was taken at world size {saved_world} by an older mixdata that did "
+                    "not record its global batch")
+        here = self.config.batch_size * self.world_size
+        if global_batch is not None and global_batch != here:
+            hint = (f"use batch_size={global_batch // self.world_size}"
+                    if global_batch % self.world_size == 0 else
+                    f"world size {self.world_size} cannot split {global_batch} evenly")
+            return (f"its global batch is {global_batch} sequences, this one is {here} "
+                    f"(batch_size {self.config.batch_size} x world size {self.world_size}); "
+                    + hint)
+        if self.config.canonical_ranks and self.config.canonical_ranks != ranks:
+            return (f"it was laid out for canonical_ranks={ranks}, this dataset for "
+                    f"canonical_ranks={self.config.canonical_ranks}")
+        if ranks % self.world_size:
+            return (f"world size {self.world_size} does not divide its canonical_ranks="
+                    f"{ranks}")
+        return None
+
+    def _same_fraction(self, state: dict, done: int) -> int:
+        saved = state.get("batches_per_epoch")
+        if not (saved and self._streams):
+            return 0
+        now = self.split(self._streams).batches
+        log.warning("approximate resume: a state from world size %s (global batch %s) under "
+                    "world size %s (global batch %s) restarts its epoch at the same fraction, "
+                    "not exactly", state.get("world_size"), state.get("global_batch"),
+                    self.world_size, self.config.batch_size * self.world_size)
+        return done * now // saved
 
     def start_iteration(self) -> None:
         """Called by `MixdataLoader` as a DataLoader iteration starts at the position."""

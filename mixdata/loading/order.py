@@ -9,11 +9,20 @@
   positions; `pattern[i]` names the dataset that fills virtual position i (the build's exact
   deficit schedule, `mixdata.mix.schedule`, with every sequence costing 1), and dataset c's
   k-th appearance reads its own position `e * quota[c] + k`.
-- **Split.** Each epoch every rank gets the same number of batches, `batches`, a multiple
-  of `streams`; rank r reads the contiguous virtual range starting at `r * batches * B`.
-  That range is cut into `streams` equal contiguous stream ranges, and batch j of the rank's
-  epoch is the next batch of stream `j % streams`. The order therefore depends on `streams`
-  (and on seed, world size and rank), never on how many DataLoader workers produce it.
+- **Split: a global order that does not depend on the world size.** The order is laid out
+  for `canonical_ranks` (q) ranks, each reading `streams` streams; `global_batch` (G =
+  batch_size x world_size) sequences make one step. An epoch is cut into q x streams equal
+  contiguous *lanes*: lane (i, g), canonical rank i's stream g, starts at virtual position
+  `(i * streams + g) * lane_length`. Step j of an epoch uses stream g = j % streams: it takes
+  the next c = G / q sequences of every canonical rank's lane (i, g), in canonical-rank
+  order. Rank r of a world of size W (which must divide q) owns canonical ranks
+  [r q / W, (r + 1) q / W) and delivers their c-blocks of each step: its slice of the global
+  batch, read from its own lanes only. So global batch j is the same sequences for any world
+  size dividing q, a position (epoch, steps done) means the same on every rank, and a rank
+  never reads a sequence another rank delivers. With q = world_size (the default) this is
+  rank r reading the contiguous range `r * batches * batch_size`, cut into `streams` streams.
+  The order depends on seed, q, streams and G; never on the world size (dividing q) or on how
+  many DataLoader workers produce it.
 """
 from __future__ import annotations
 
@@ -71,12 +80,12 @@ def component_runs(component: Component, start: int, stop: int) -> list[Run]:
 
 @dataclass(frozen=True)
 class Split:
-    """How one epoch of `samples` (virtual) positions is cut into ranks and streams.
+    """How one epoch of `samples` (virtual) positions is cut into lanes, steps and ranks.
 
-    `drop_last=True` drops the last `samples % (world_size * streams * batch_size)` positions
-    of each epoch's order (different samples each epoch, as the order is re-drawn);
+    `drop_last=True` drops the last `samples % (streams * global_batch)` positions of each
+    epoch's order (different samples each epoch, as the order is re-drawn);
     `drop_last=False` instead completes the last group from the epoch's first positions, so
-    every sample is read and a few are read twice.
+    every sample is read and a few are read twice. `canonical_ranks=None` means world_size.
     """
 
     samples: int
@@ -85,10 +94,22 @@ class Split:
     rank: int
     streams: int
     drop_last: bool = True
+    canonical_ranks: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
             raise MixdataError(f"rank {self.rank} is outside world size {self.world_size}")
+        q, world = self.ranks, self.world_size
+        if q % world:
+            raise MixdataError(
+                f"world size {world} does not divide canonical_ranks={q}: the batch order is "
+                f"laid out for {q} canonical ranks, so the world size must divide it (or load "
+                "with approximate_resume=True to re-lay the order for this world size)")
+        if self.batch_size % (q // world):
+            raise MixdataError(
+                f"batch_size {self.batch_size} is not a multiple of canonical_ranks / world "
+                f"size = {q // world}: each rank's batch takes an equal block from each of its "
+                f"{q // world} canonical ranks; use a global batch divisible by {q}")
         if self.batches == 0:
             raise MixdataError(
                 f"an epoch of {self.samples} sequences cannot give every one of "
@@ -96,23 +117,43 @@ class Split:
                 f"{self.batch_size}; lower batch_size or streams, or pass drop_last=False")
 
     @property
+    def ranks(self) -> int:
+        """Canonical ranks the order is laid out for."""
+        return self.canonical_ranks or self.world_size
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def block(self) -> int:
+        """Sequences each canonical rank gives every step (c = global_batch / q)."""
+        return self.global_batch // self.ranks
+
+    @property
     def batches(self) -> int:
-        """Batches per rank per epoch, the same on every rank."""
-        group = self.world_size * self.streams * self.batch_size
+        """Steps (batches per rank) per epoch, the same on every rank."""
+        group = self.streams * self.global_batch
         rounds = self.samples // group if self.drop_last else math.ceil(self.samples / group)
         return rounds * self.streams
 
     @property
-    def stream_length(self) -> int:
-        return self.batches // self.streams * self.batch_size
+    def lane_length(self) -> int:
+        return self.batches // self.streams * self.block
 
-    def stream_range(self, stream: int) -> tuple[int, int]:
-        """Virtual positions [a, b) of one stream; b may pass `samples` (then it wraps)."""
-        start = self.rank * self.batches * self.batch_size + stream * self.stream_length
-        return start, start + self.stream_length
+    @property
+    def owned(self) -> range:
+        """The canonical ranks this rank delivers."""
+        per = self.ranks // self.world_size
+        return range(self.rank * per, (self.rank + 1) * per)
+
+    def lane_range(self, canonical: int, stream: int) -> tuple[int, int]:
+        """Virtual positions [a, b) of one lane; b may pass `samples` (then it wraps)."""
+        start = (canonical * self.streams + stream) * self.lane_length
+        return start, start + self.lane_length
 
     def consumed(self, stream: int, batches: int) -> int:
-        """How many batches of `stream` are among the rank's first `batches` of an epoch."""
+        """How many steps of `stream` are among an epoch's first `batches` steps."""
         return max(0, -(-(batches - stream) // self.streams))
 
 
@@ -147,13 +188,18 @@ def shuffle_order(count: int, buffer: int, rng: np.random.Generator) -> np.ndarr
 
 
 def mixture_pattern(weights: list[float], sizes: list[int], seed: int) -> np.ndarray:
-    """Which dataset fills each virtual position of a mixture epoch of `sum(sizes)`."""
-    from ..mix import schedule
+    """Which dataset fills each virtual position of a mixture epoch of `sum(sizes)`: the
+    build's exact schedule with every sequence costing 1, as arrays (no per-position objects)."""
+    from ..mix import ArrayTable, StreamSchedule, default_span, normalise
 
     names = [str(i) for i in range(len(sizes))]
-    plan = schedule(dict(zip(names, weights)), {n: [1] * s for n, s in zip(names, sizes)},
-                    budget=sum(sizes), max_epochs=math.inf, seed=seed)
-    return np.asarray([int(pick.source) for pick in plan.picks], dtype=np.int64)
+    shares = dict(zip(names, weights))
+    tables = {n: ArrayTable(np.ones(size, np.int64)) for n, size in zip(names, sizes) if size}
+    active = normalise(shares, tables)
+    stream = StreamSchedule(shares, tables, budget=sum(sizes), max_epochs=math.inf, seed=seed,
+                            span=default_span(active, tables, 1 << 20))
+    dataset = np.asarray([int(n) for n in stream.names], np.int64)
+    return np.concatenate([dataset[chunk.source] for chunk in stream])
 
 
 def virtual_segments(total: int, start: int, stop: int) -> list[tuple[int, int]]:

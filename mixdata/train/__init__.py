@@ -6,9 +6,11 @@ trainer reads data through `mixdata.load` like any user; the core never imports 
 
 Modules: `config` (the recipe's `train:` section), `vision` / `connector` / `lm` / `model`
 (the network and its presets), `attention` (document-isolated attention), `lora`, `optim`,
-`loop` (one stage's steps), `stage` (set-up and hand-over), `checkpoint`, `metrics`, `ddp`,
-`data`, `batch`, `evaluate`, `report`, `run`; `hf` (real models: HF VLM folders and composed
-vision tower + LM, `train.model: {hf: ...}` / `{vision: ..., lm: ...}`).
+`loop` (one stage's steps), `stage` (set-up and hand-over), `checkpoint`, `metrics` and
+`flops` (throughput, MFU), `ddp` (process group), `parallel` (FSDP2 / DDP, activation
+checkpointing, bf16), `data`, `batch`, `evaluate`, `report`, `run`; `hf` (real models: HF
+VLM folders and composed vision tower + LM, `train.model: {hf: ...}` / `{vision: ..., lm:
+...}`).
 """
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ def select_backend(requested: str, device: torch.device) -> str:
     if requested == "auto":
         return "flex" if device.type == "cuda" and flex_available() else "sdpa"
     if requested == "flex" and not flex_available():
-        raise RuntimeError("attention 'flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)")
+        raise RuntimeError("attention 'flex' needs torch >= 2.5 "
+                           "(torch.nn.attention.flex_attention)")
     return requested
 
 
@@ -43,7 +44,7 @@ class DocumentMask:
 
     backend: str
     dense: torch.Tensor | None = None     # sdpa: bool [B, 1, L, L], True = may attend
-    block: "BlockMask | None" = None      # flex
+    block: BlockMask | None = None      # flex
 
 
 def dense_document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -72,7 +73,7 @@ def _block_size(length: int) -> int:
     return 128 if length % 128 == 0 else max(b for b in (64, 32, 16, 8, 4, 2, 1) if length % b == 0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 

@@ -24,13 +24,13 @@ class Doc:
     loss: np.ndarray
     images: tuple = ()
 
-    def prefix(self, length: int) -> "Doc":
+    def prefix(self, length: int) -> Doc:
         """The first `length` tokens; images must lie wholly inside them."""
         if any(end > length for _, _, end in self.images):
             raise ValueError(f"a prefix of {length} tokens would cut an image span")
         return Doc(ids=self.ids[:length], loss=self.loss[:length], images=self.images)
 
-    def extended(self, token: int) -> "Doc":
+    def extended(self, token: int) -> Doc:
         return Doc(ids=np.append(self.ids, token), loss=np.append(self.loss, 0).astype(np.uint8),
                    images=self.images)
 

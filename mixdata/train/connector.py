@@ -28,14 +28,15 @@ class ConnectorConfig:
         if self.kind == "perceiver":
             return self.latents
         if grid % self.shuffle:
-            raise ValueError(f"a {grid}x{grid} patch grid cannot be pixel-shuffled by {self.shuffle}")
+            raise ValueError(f"a {grid}x{grid} patch grid cannot be pixel-shuffled by "
+                             f"{self.shuffle}")
         return (grid // self.shuffle) ** 2
 
 
 def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
     """[N, g*g, C] -> [N, (g/f)^2, f*f*C], folding each f×f patch block into channels."""
     n, length, channels = x.shape
-    grid = int(round(length ** 0.5))
+    grid = round(length ** 0.5)
     out = grid // factor
     x = x.reshape(n, out, factor, out, factor, channels).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(n, out * out, factor * factor * channels)

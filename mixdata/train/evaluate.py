@@ -148,7 +148,8 @@ def evaluate(model, setup: EvalSetup, root: Path, *, tasks=("vqa", "ocr", "capti
              limit: int | None = None) -> dict:
     """Run the asked tasks on the split under `root`; returns {task: metrics}."""
     runners = {"vqa": eval_vqa, "ocr": eval_ocr, "caption": eval_captions}
-    return {task: runners[task](model, setup, root, read_split(root, task, limit)) for task in tasks}
+    return {task: runners[task](model, setup, root, read_split(root, task, limit))
+            for task in tasks}
 
 
 @torch.no_grad()

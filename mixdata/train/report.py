@@ -22,7 +22,8 @@ def eval_root(recipe, config) -> Path | None:
     return Path(recipe.demo.ensure()) / "eval"
 
 
-def evaluate_stage(model, recipe, config, stage: str, run_dir: Path, device, tokenizer) -> dict | None:
+def evaluate_stage(model, recipe, config, stage: str, run_dir: Path, device,
+                   tokenizer) -> dict | None:
     """Evaluate `model` as trained by `stage`, record it in eval.json; None when no split."""
     root = eval_root(recipe, config)
     spec = config.stage(stage).eval

@@ -29,7 +29,8 @@ class VisionConfig:
     def grid(self, tile: int) -> int:
         """Patches per side for a tile; the tile must be a multiple of the patch."""
         if tile % self.patch:
-            raise ValueError(f"tile size {tile} is not a multiple of the vision patch size {self.patch}")
+            raise ValueError(f"tile size {tile} is not a multiple of the vision patch size "
+                             f"{self.patch}")
         return tile // self.patch
 
 

@@ -9,6 +9,7 @@ mixdata's own dialect and runs for the built-in presets only.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -20,10 +21,11 @@ from ...tokens.families import max_grid
 from ..checkpoint import CHECKPOINT
 from ..config import TrainConfig, plan_steps
 from ..data import ensure_shards, open_data, read_stage_manifest
-from ..ddp import Dist, barrier, wrap_model
+from ..ddp import Dist, barrier
 from ..loop import StageRun, train_stage
 from ..metrics import MetricsLog
 from ..optim import build_scheduler
+from ..parallel import is_sharded, parallelize, whole_model
 from .arch import arch_of
 from .check import check_fit, fit_vocabulary
 from .export import FINAL_DIR, export_final
@@ -158,9 +160,11 @@ def run_stage(recipe, config: TrainConfig, name: str, run_dir: Path, ctx: Dist, 
     init_from = previous_final(recipe, run_dir, name)
     spec, stage_index = config.stage(name), list(recipe.stages).index(name)
     seed = (config.seed if config.seed is not None else recipe.seed) + 1000 * stage_index
-    model = stage_model(recipe, config, name, tokenizer=tokenizer, dialect=manifest.dialect,
-                        where=f"{shard_dir}/manifest.json", seed=seed, init_from=init_from,
-                        ctx=ctx).to(ctx.device)
+    build = functools.partial(stage_model, recipe, config, name, tokenizer=tokenizer,
+                              dialect=manifest.dialect, where=f"{shard_dir}/manifest.json",
+                              seed=seed, init_from=init_from, ctx=ctx)
+    model = build().to(ctx.device)
+    wrapped = parallelize(model, ctx, config.parallel)  # FSDP2 shards the parameters in place
     plan = plan_steps(spec, default_micro_batch=config.micro_batch, seq_len=manifest.seq_len,
                       world_size=ctx.world_size, available_sequences=manifest.samples)
     optimizer = build_optimizer(model, spec, default_lr=config.model.lr)
@@ -171,12 +175,15 @@ def run_stage(recipe, config: TrainConfig, name: str, run_dir: Path, ctx: Dist, 
               f"{init_from or config.model.label}")
     data = open_data(shard_dir, plan, ctx, seed=seed, collate=family_collate(model))
     run = StageRun(name=name, spec=spec, plan=plan, folder=folder,
-                   checkpoint_every=config.checkpoint_every, feed=HFFeed())
+                   checkpoint_every=config.checkpoint_every, feed=HFFeed(),
+                   parallel=config.parallel)
     log = MetricsLog(run_dir / METRICS if ctx.is_main else None)
-    train_stage(model, wrap_model(ctx, model), optimizer, scheduler, data, run, ctx=ctx,
+    train_stage(model, wrapped, optimizer, scheduler, data, run, ctx=ctx,
                 log=log, resume=resume, stop_after=stop_after, progress=progress)
     if stop_after is not None and stop_after < plan.steps:
         return None
+    if is_sharded(model):  # every rank gathers; the main rank gets the whole model
+        model = whole_model(model, build, ctx)
     if ctx.is_main:
         final = export_final(model, folder, tokenizer=tokenizer, dialect=manifest.dialect,
                              sources=[tokenizer.folder, source_folder(config.model, init_from)])

@@ -14,7 +14,7 @@ global view, and the one view of an untiled image, is marked `<global-img>`.
 """
 from __future__ import annotations
 
-from .plan import ImagePlan
+from .planning import ImagePlan
 
 IMAGE = "<image>"
 GLOBAL = "<global-img>"

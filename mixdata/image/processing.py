@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from .decode import JPEG_FORMATS, draft_jpeg, load_oriented, open_image, read_header, to_rgb
-from .plan import ImagePlan, plan_for
+from .planning import ImagePlan, plan_for
 from .policy import ImagePolicy
 
 RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC,
