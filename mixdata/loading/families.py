@@ -52,7 +52,7 @@ from PIL import Image
 
 from ..errors import MixdataError, RecordRejected
 from ..image import ImagePlan
-from ..image.process import RESAMPLE
+from ..image.processing import RESAMPLE
 from ..image.tiles import check_size, decode_processed, processed_size, tiles_into, view_shape
 from ..shards import PackedSequence, ShardError
 from ..tokens.families import llava_next_count

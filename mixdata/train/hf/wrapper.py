@@ -36,10 +36,13 @@ class HFTrainModel(nn.Module):
     def forward(self, **inputs) -> torch.Tensor:
         """Family batch keyword arguments (without labels) -> logits [B, L, vocab]."""
         inputs = {**inputs, "use_cache": False}
-        logits = self.hf(**inputs).logits
+        blank = None
+        # before the LM, as real images are: FSDP2 then gathers (and, in backward, reduces)
+        # the vision units in the same order on a rank without images as on one with them
         if self.training and inputs.get("pixel_values") is None and self._image_path_trains():
-            logits = logits + blank_image_loss(self.hf, self.arch)
-        return logits
+            blank = blank_image_loss(self.hf, self.arch)
+        logits = self.hf(**inputs).logits
+        return logits if blank is None else logits + blank
 
     def _image_path_trains(self) -> bool:
         return any(p.requires_grad for name, p in self.hf.named_parameters()
