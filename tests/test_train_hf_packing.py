@@ -13,6 +13,8 @@ do not restart, the packed logits move by more than 1e-3.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -110,9 +112,12 @@ def test_other_attention_implementations_isolate_too(attention, tmp_path):
     ("clip", "qwen2", ConnectorSpec(kind="perceiver", latents=4, layers=1, heads=2)),
     ("siglip2", "llama", ConnectorSpec()),
     ("siglip-full", "qwen2", ConnectorSpec()),
+    ("clip", "llama", ConnectorSpec(kind="mlp")),
 ])
 def test_composed_packed_logits_equal_documents_alone(tower, lm, connector, tmp_path):
     setup, parts = composed_setup(tmp_path, tower=tower, lm=lm)
+    if connector.kind == "mlp":  # a 4 x 4 patch grid, unshuffled: 16 tokens per tile
+        setup = replace(setup, tokens_per_tile=16)
     out = built(setup, tmp_path, add_tokens=True)
     tokenizer = setup.tokenizer(add_tokens=True)
     hf = compose(ComposedModelSpec(**parts, connector=connector), tokenizer, seed=0,

@@ -32,8 +32,9 @@ Real models (`mixdata.train.hf`, needs the `hf` extra):
   flash_attention_2, eager) and `lr` (the learning rate of stages that name none, 1e-4).
 - `model: {vision: DIR, lm: DIR, connector: {kind: pixel_shuffle, shuffle: 2}}`: an HF
   vision tower (SigLIP, SigLIP2, CLIP) and causal LM (Llama, Qwen2, SmolLM2) joined by
-  mixdata's connector (or `{kind: perceiver, latents: 64}`), on idefics3-dialect shards
-  (`tokenizer: {path: LM_DIR, add_tokens: true}` with an `idefics3` image preset).
+  mixdata's connector (or `{kind: mlp}`, LLaVA's MLP per patch, or `{kind: perceiver,
+  latents: 64}`), on idefics3-dialect shards (`tokenizer: {path: LM_DIR, add_tokens: true}`
+  with an `idefics3` image preset).
 - `trainable` and `lr` name the same three modules, mapped onto each architecture's own
   vision tower, connector (projector / merger) and language model (with its head).
 - Each stage's `final/` is a `save_pretrained` folder (tokenizer and processor included,
@@ -72,7 +73,7 @@ class ModelSpec:
     """Which architecture to build: a size preset and the choices a recipe may override."""
 
     preset: Literal["tiny", "small", "base"] = "tiny"
-    connector: Literal["pixel_shuffle", "perceiver"] | None = None  # None: the preset's
+    connector: Literal["pixel_shuffle", "mlp", "perceiver"] | None = None  # None: the preset's
     perceiver_latents: int | None = None  # tokens per tile of the perceiver resampler
     attention: Literal["auto", "sdpa", "flex"] = "auto"
 

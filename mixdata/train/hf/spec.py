@@ -46,9 +46,10 @@ class HFModelSpec:
 @dataclass(frozen=True, kw_only=True)
 class ConnectorSpec:
     """mixdata's connector (`mixdata.train.connector`): pixel shuffle by `shuffle` then a
-    2-layer MLP (tokens per tile (grid / shuffle)²), or a perceiver of `latents` queries."""
+    2-layer MLP (tokens per tile (grid / shuffle)²), `mlp` (that MLP on every patch, as
+    LLaVA-1.5 and Prismatic: grid² tokens per tile), or a perceiver of `latents` queries."""
 
-    kind: Literal["pixel_shuffle", "perceiver"] = "pixel_shuffle"
+    kind: Literal["pixel_shuffle", "mlp", "perceiver"] = "pixel_shuffle"
     shuffle: int = 2
     latents: int = 64
     layers: int = 2

@@ -3,7 +3,7 @@
 `forward(**batch) -> logits` calls the HF model on a family batch (`loading.families`, the
 labels left out: the loop computes the loss from its own shifted copy) with no cache, so
 transformers isolates the packed documents. A batch without images adds 0 x the vision
-path on a blank image while the vision tower or connector trains (see `arch`).
+path on a blank image in training (see `arch` and `forward`).
 
 What the parallel layer (`mixdata.train.parallel`) and an MFU counter need:
 - `transformer_blocks()`: the vision and LM blocks (each one FSDP / checkpoint unit), and
@@ -37,16 +37,14 @@ class HFTrainModel(nn.Module):
         """Family batch keyword arguments (without labels) -> logits [B, L, vocab]."""
         inputs = {**inputs, "use_cache": False}
         blank = None
-        # before the LM, as real images are: FSDP2 then gathers (and, in backward, reduces)
-        # the vision units in the same order on a rank without images as on one with them
-        if self.training and inputs.get("pixel_values") is None and self._image_path_trains():
+        # always in training, and before the LM as real images are: under FSDP2 a rank
+        # without images then gathers (and in backward reduces) the same units in the same
+        # order as a rank with them, frozen tower or not; under DDP it keeps every trained
+        # vision and connector parameter in the graph
+        if self.training and inputs.get("pixel_values") is None:
             blank = blank_image_loss(self.hf, self.arch)
         logits = self.hf(**inputs).logits
         return logits if blank is None else logits + blank
-
-    def _image_path_trains(self) -> bool:
-        return any(p.requires_grad for name, p in self.hf.named_parameters()
-                   if self.arch.group_of(name) in (VISION, CONNECTOR))
 
     def group_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """vision / connector / lm -> their (name, parameter), each parameter once (a tied
