@@ -48,6 +48,7 @@ def train_recipe(recipe, *, stage: str = "all", skip: tuple[str, ...] = (),
     config = parse_train(recipe)
     chain = stage_chain(list(recipe.stages), skip, recipe.name)
     names = stages_to_train(chain, stage, recipe.name)
+    seed_given = seed is not None
     if seed is None:
         seed = config.seed if config.seed is not None else recipe.seed
     seeds = stage_seeds(chain, seed, stage_seed)
@@ -55,6 +56,16 @@ def train_recipe(recipe, *, stage: str = "all", skip: tuple[str, ...] = (),
     ctx = init_distributed(device)
     try:
         _check_fresh(run_dir, names, resume)
+        if config.real_model:  # an HF VLM or a composed tower + LM: mixdata.train.hf
+            if chain.skipped or reuse is not None or stage_seed or seed_given:
+                raise MixdataError("--skip, --reuse, --seed and --stage-seed train the bundled "
+                                   "model only; a train.model {hf:} / {vision:, lm:} recipe "
+                                   "trains its stages in recipe order with train.seed")
+            from .hf.run import train_hf
+
+            train_hf(recipe, config, names, run_dir, ctx, resume=resume, progress=progress,
+                     workers=workers)
+            return run_dir
         check_continuation(run_dir, chain, seeds, recipe.sha256)
         from ..tokens import load_tokenizer
 
