@@ -101,3 +101,12 @@ def test_token_mismatch_is_reported_before_any_work(tiny_recipe, tmp_path, capsy
     err = capsys.readouterr().err
     assert "image_tokens_per_tile is 16" in err and "makes 9 tokens" in err
     assert not (tmp_path / "shards").exists()
+
+
+def test_bad_stage_seeds_are_refused_before_any_work(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "run"), "--device", "cpu"]
+    assert main(["train", str(DEMO), "--stage-seed", "sft", *out]) == 1
+    assert "expected STAGE=N with an integer N" in capsys.readouterr().err
+    assert main(["train", str(DEMO), "--skip", "highres", "--stage-seed", "highres=2", *out]) == 1
+    assert "--stage-seed highres=...: the run trains no such stage" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
