@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mixdata.building import build_stage
+from mixdata.building import stage as stage_module
 from mixdata.building.pool import RAY_LOOPBACK
 from mixdata.errors import MixdataError
 from mixdata.recipe import parse_recipe
@@ -141,7 +142,8 @@ def _errors_come_back_as_themselves(address: str) -> None:
 
 
 @pytest.mark.slow
-def test_ray_cluster_builds_the_local_bytes_even_when_a_worker_dies(tmp_path):
+def test_ray_cluster_builds_the_local_bytes_even_when_a_worker_dies(tmp_path, monkeypatch):
+    monkeypatch.setattr(stage_module, "CHUNK_DOCS", 1024)  # plan chunks are Ray tasks too
     recipe = parse_recipe(_corpus(tmp_path / "corpus"), file=str(tmp_path / "r.yaml"))
     local = {s: _digest(build_stage(recipe, s, out=tmp_path / "local" / s, progress=False))
              for s in recipe.stages}
@@ -150,11 +152,14 @@ def test_ray_cluster_builds_the_local_bytes_even_when_a_worker_dies(tmp_path):
     try:
         cluster.add_node(num_cpus=1, object_store_memory=100 * 2 ** 20)
         assert cluster.address.startswith("127.0.0.1:")
+        phases: list[str] = []
         for stage in recipe.stages:
             out = build_stage(recipe, stage, out=tmp_path / "ray" / stage, progress=False,
-                              engine="ray", address=cluster.address)
+                              engine="ray", address=cluster.address,
+                              on_result=lambda phase, done: phases.append(phase))
             assert _digest(out) == local[stage], stage
             assert json.loads((out / "timings.json").read_text())["engine"] == "ray"
+        assert phases.count("plan") > 2 and phases.count("write") > 2
         assert _listening_addresses(_descendants(os.getpid())) <= {"127.0.0.1",
                                                                   "::ffff:127.0.0.1"}
         killed: list[int] = []

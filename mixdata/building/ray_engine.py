@@ -49,6 +49,7 @@ class RayEngine(OrderedEngine):
         super().__init__(on_result)
         self.address, self._requested = address, max(1, int(workers))
         self._connected = self._owned = False
+        self._cpus: int | None = None
         self._remotes: dict[Callable, Any] = {}
 
     @property
@@ -56,7 +57,9 @@ class RayEngine(OrderedEngine):
         if not self._connected and self.address is None:
             return self._requested
         self._start()
-        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if self._cpus is None:  # asked once: the map reads it for every task
+            self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        return self._cpus
 
     @property
     def started(self) -> bool:
@@ -107,4 +110,5 @@ class RayEngine(OrderedEngine):
         if self._owned:
             ray.shutdown()
         self._connected = self._owned = False
+        self._cpus = None
         self._remotes.clear()

@@ -14,6 +14,8 @@ import json
 import os
 import re
 import time
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from ..sources import open_source
 from ..storage import remove_temp_files, write_json_atomic
 from .manifest import build_manifest
 from .plan import (
+    CHUNK_DOCS,
     PREPARE_MARGIN,
     SourceInput,
     pack_task,
@@ -39,8 +42,9 @@ from .prepare import UnitStats, cached_stats, prepare_unit, task_for
 from .rejects import RejectGuard, write_rejects
 from .write import ShardTask, final_info, write_shard_task
 
-# Packing alone starts workers for a plan of at least this many documents (about 3 s of
-# packing on one core, more than starting a pool costs); a running engine packs any plan.
+# A plan of one chunk is packed here (nothing to overlap). Packing alone starts workers for
+# a plan of at least PLAN_ENGINE_DOCS documents (about 3 s of packing on one core, more than
+# starting a pool costs); an engine already running packs any plan of two chunks or more.
 PLAN_ENGINE_DOCS = 1 << 21
 
 
@@ -133,12 +137,15 @@ def _prepare(recipe, stage_name: str, cache: Path, executor: Engine,
     bar = _bar("prepare", sum(len(u) for u in units.values()), options.progress, "unit")
 
     def run(wanted: list[tuple[str, int]]) -> None:
-        tasks = (task_for(recipe, stage_name, s, units[s][i], cache) for s, i in wanted)
+        picks = [(s, units[s][i]) for s, i in wanted]
+        order = _heaviest_first([unit for _, unit in picks])
+        tasks = (task_for(recipe, stage_name, *picks[k], cache) for k in order)
         with closing(executor.map(prepare_unit, tasks, "prepare", bar,
                                   cached=cached_stats)) as results:
-            for (s, i), result in zip(wanted, results):
+            for k, result in _in_order(order, results):
+                s, i = wanted[k]
                 stats[s][i] = result
-                guard.check(s, result)  # in unit order, as results come: stops early
+                guard.check(s, result)  # in unit order, whatever finished first
 
     need = None
     if stage.budget is not None:
@@ -150,6 +157,34 @@ def _prepare(recipe, stage_name: str, cache: Path, executor: Engine,
     prefix = {s: prefix_length(_costs(stats[s], stage.weight_by),
                                None if need is None else need[s]) for s in units}
     return {s: stats[s][:prefix[s]] for s in units}
+
+
+def _heaviest_first(units: list[str]) -> list[int]:
+    """The order to hand units to workers: largest input first, so that no big unit starts
+    last while the other workers sit idle (a round's length is its longest tail). Sizes are
+    of local files (a parquet file's size is shared by its row-group units); with any unit
+    elsewhere (a URL), the given order, as one size lookup per file would cost a request."""
+    files = [unit.split("#", 1)[0] for unit in units]
+    if any("://" in f and not f.startswith("file://") for f in files):
+        return list(range(len(units)))
+    try:
+        sizes = {f: os.path.getsize(f.removeprefix("file://")) for f in set(files)}
+    except OSError:
+        return list(range(len(units)))
+    counts = Counter(files)
+    share = {f: size / counts[f] for f, size in sizes.items()}
+    return sorted(range(len(units)), key=lambda k: (-share[files[k]], k))
+
+
+def _in_order(order: list[int], results) -> Iterator[tuple[int, object]]:
+    """`(k, result)` for k = 0, 1, ..., from results that arrive in `order`'s order, each as
+    soon as every earlier k has arrived too."""
+    held, k = {}, 0
+    for index, result in zip(order, results):
+        held[index] = result
+        while k in held:
+            yield k, held.pop(k)
+            k += 1
 
 
 def _costs(stats: list[UnitStats | None], weight_by: str) -> list[float | None]:
@@ -191,7 +226,8 @@ def _plan(recipe, stage_name: str, stats, out: Path, executor: Engine, options: 
     try:
         return plan_stage(recipe.stages[stage_name], sources,
                           seq_len=recipe.stage_seq_len(stage_name), seed=recipe.seed,
-                          folder=out / ".plan", on_chunk=bar.update, pack_map=pack_map)
+                          folder=out / ".plan", chunk_docs=CHUNK_DOCS, on_chunk=bar.update,
+                          pack_map=pack_map if docs >= 2 * CHUNK_DOCS else None)
     finally:
         bar.close()
 
