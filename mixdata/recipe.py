@@ -20,7 +20,7 @@ from .image.policy import ImagePolicy
 from .sources.options import Filters, HfOptions, SourceOptions
 from .sources.registry import FORMATS, record_formats
 from .tokens.families import FAMILIES
-from .tokens.tokenizer import is_folder_spec
+from .tokens.loader import is_folder_spec
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,9 +35,9 @@ import numpy as np
 
 from ..errors import MixdataError, RecordRejected
 from ..sample import ImagePart, Sample, TextPart
+from .documents import CAPTION_KINDS, ImageSlot, RenderedDoc
 from .families import expand, plain_wrap
 from .hf import GENERATION_TAG, MARK_START, REPLY_PROBE, ModelTokenizer
-from .rendering import CAPTION_KINDS, ImageSlot, RenderedDoc
 
 
 @dataclass

@@ -15,9 +15,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from functools import lru_cache
 
 from ..image.presets import DEFAULTS
+from .chat import family_params
 from .families import FAMILY, max_grid
+from .hf import ModelTokenizer, resolve_folder
+from .loader import load_tokenizer as _load
+from .procconfig import check_recipe
 from .tokenizer import BOS, END, EOS, IMAGE, PAD, ROLE_TOKENS, Tokenizer
-from .tokenizer import load_tokenizer as _load
 
 DIALECT_FORMAT = "mixdata-dialect-v1"
 PLACEHOLDERS = ("views", "runs", "image")
@@ -99,8 +102,6 @@ def mixdata_dialect(tok: Tokenizer, tokens_per_tile: int, policy) -> Dialect:
 
 def model_dialect(tok, tokens_per_tile: int, policy) -> Dialect:
     """A model folder's dialect (`tok` a `ModelTokenizer`) for one stage's image policy."""
-    from .chat import family_params
-    from .hf import ModelTokenizer
 
     assert isinstance(tok, ModelTokenizer)
     geometry = stage_geometry(policy)
@@ -148,8 +149,6 @@ def check_dialect(recipe, *, fetch: bool = True) -> str | None:
     """
     if recipe.family is None:
         return None
-    from .hf import resolve_folder
-    from .procconfig import check_recipe
 
     if "://" in recipe.tokenizer and not fetch:
         return (f"tokenizer {recipe.tokenizer} is remote: its processor configs are checked "

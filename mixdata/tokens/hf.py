@@ -20,8 +20,10 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from tokenizers import AddedToken
 
 from ..errors import MixdataError, RecordRejected
+from ..storage import with_retries
 from .families import FAMILY, PROCESSOR_CLASSES, required_tokens
 from .tokenizer import Tokenizer, _digest
 
@@ -72,8 +74,6 @@ def resolve_folder(spec: str) -> Path:
 
 def _fetch_files(spec: str) -> dict[str, bytes]:
     import fsspec
-
-    from ..storage import with_retries
 
     fs, root = fsspec.core.url_to_fs(spec)
     files = {}
@@ -178,8 +178,6 @@ class ModelTokenizer(Tokenizer):
                 "in all; a token in the base vocabulary only does not count: text would not "
                 "map to it). Use the model's own tokenizer folder, or set tokenizer: {path: ..., "
                 "add_tokens: true} to add them (the model's embeddings must then grow to match)")
-        from tokenizers import AddedToken
-
         self.hf.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing],
                            special_tokens=True)
         return {t: self.hf.added_tokens_encoder[t] for t in missing}

@@ -29,35 +29,12 @@ import numpy as np
 from ..errors import RecordRejected
 from ..image import layout
 from ..sample import Sample, TextPart
+from .chat import render_model
+from .documents import CAPTION_KINDS, ImageSlot, RenderedDoc
 from .tokenizer import END, ROLE_TOKENS, Tokenizer
 
 LOSS_MODES = ("all", "captions")
 OVERFLOW_MODES = ("trim", "reject")
-CAPTION_KINDS = ("caption", "ocr")
-
-
-@dataclass(frozen=True)
-class ImageSlot:
-    """Where image `index` (its position in `sample.images`) sits in a rendered document.
-
-    `start`/`length` span all of its layout tokens (markers, placeholders and newlines);
-    `views` is `plan.num_views`. The span holds `image_token_count(plan, tokens_per_tile)`
-    `<image>` placeholders: `views * tokens_per_tile`, except for qwen2vl's one view.
-    """
-
-    index: int
-    start: int
-    length: int
-    views: int
-
-
-@dataclass(frozen=True, eq=False)
-class RenderedDoc:
-    """One document: `ids` int32 [n], `loss` uint8 [n] (1 = supervised), its image slots."""
-
-    ids: np.ndarray
-    loss: np.ndarray
-    images: list[ImageSlot]
 
 
 @dataclass
@@ -221,8 +198,6 @@ def render(sample: Sample, plans, tokenizer: Tokenizer, *, tokens_per_tile: int,
     """
     _check(sample, plans, tokens_per_tile, seq_len, loss, on_overflow)
     if getattr(tokenizer, "family", None) is not None:  # a model folder: its own dialect
-        from .chat import render_model  # chat builds on this module's types
-
         return render_model(sample, plans, tokenizer, tokens_per_tile=tokens_per_tile,
                             seq_len=seq_len, loss=loss, on_overflow=on_overflow)
     renderer = _Renderer(tokenizer, tokens_per_tile)

@@ -11,6 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import tokenizers
+
 from ..errors import MixdataError
 from ..image import special_tokens
 
@@ -35,8 +37,7 @@ class Tokenizer:
 
     Subclasses set `identity` (what the manifest names: "bytes" or the tokenizer.json path),
     `special_ids` (name -> id for every special), `vocab_size` (ids are < vocab_size) and
-    `sha256` (of the vocabulary including specials). Pickling sends only the spec: the
-    receiving process rebuilds the tokenizer with `load_tokenizer(spec)`.
+    `sha256` (of the vocabulary including specials). Pickling sends only what rebuilds it.
     """
 
     spec: str
@@ -77,7 +78,7 @@ class Tokenizer:
         return self.special_ids[IMAGE]
 
     def __reduce__(self):
-        return load_tokenizer, (self.spec,)
+        raise NotImplementedError  # each tokenizer pickles as the arguments that rebuild it
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.identity!r}, vocab_size={self.vocab_size})"
@@ -100,6 +101,9 @@ class ByteTokenizer(Tokenizer):
         self.sha256 = _digest({"format": HASH_FORMAT, "model": "bytes",
                                "specials": self.special_ids})
 
+    def __reduce__(self):
+        return ByteTokenizer, ()
+
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
@@ -120,11 +124,9 @@ class HFTokenizer(Tokenizer):
     """A HF `tokenizers` tokenizer.json, with mixdata's specials added where missing."""
 
     def __init__(self, spec: str, path: Path) -> None:
-        from tokenizers import Tokenizer as _HF
-
-        self.spec, self.identity = spec, str(path)
+        self.spec, self.identity, self.path = spec, str(path), path
         try:
-            tok = _HF.from_file(str(path))
+            tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:  # the tokenizers library raises bare Exceptions on bad files
             raise MixdataError(f"tokenizer {spec!r}: {path} is not a valid tokenizer.json "
                                f"({exc})") from exc
@@ -137,6 +139,9 @@ class HFTokenizer(Tokenizer):
         self.special_ids = {n: tok.token_to_id(n) for n in names}
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self.sha256 = self._vocab_hash()
+
+    def __reduce__(self):
+        return HFTokenizer, (self.spec, self.path)
 
     def _vocab_hash(self) -> str:
         # Vocabulary and merges only: serialisation details of other sections change between
@@ -153,31 +158,3 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-
-def is_folder_spec(spec: str) -> bool:
-    """Whether `tokenizer:` names an HF tokenizer or model folder (the model's own dialect)
-    rather than mixdata's dialect (`bytes`, or a tokenizer.json file)."""
-    return spec != "bytes" and not spec.endswith(".json")
-
-
-def load_tokenizer(spec: str, *, family: str | None = None, add_tokens: bool = False,
-                   grid: int = 0) -> Tokenizer:
-    """`"bytes"` or a tokenizer.json file (mixdata's dialect), or an HF tokenizer or model
-    folder, local or any fsspec URL (that model's dialect, see `mixdata.tokens.hf`).
-
-    For a folder, `family` is the image family (default: from its processor_config.json),
-    `add_tokens` allows adding the family's missing image tokens, and `grid` is the most
-    idefics3 tile rows/columns the recipe can produce (their markers must exist).
-    """
-    if spec == "bytes":
-        return ByteTokenizer()
-    if is_folder_spec(spec):
-        from .hf import load_model_tokenizer  # transformers, only for a model folder
-
-        return load_model_tokenizer(spec, family, add_tokens=add_tokens, grid=grid)
-    path = Path(spec)
-    if not path.is_file():
-        raise MixdataError(f"tokenizer {spec!r}: expected 'bytes', a tokenizer.json file or an "
-                           f"HF tokenizer folder; {path} does not exist")
-    return HFTokenizer(spec, path)

@@ -6,8 +6,9 @@ trainer reads data through `mixdata.load` like any user; the core never imports 
 
 Modules: `config` (the recipe's `train:` section), `vision` / `connector` / `lm` / `model`
 (the network and its presets), `attention` (document-isolated attention), `lora`, `optim`,
-`loop` (one stage's steps), `stage` (set-up and hand-over), `checkpoint`, `metrics`, `ddp`,
-`data`, `batch`, `evaluate`, `report`, `run`.
+`loop` (one stage's steps), `stage` (set-up and hand-over), `checkpoint`, `metrics` and
+`flops` (throughput, MFU), `ddp` (process group), `parallel` (FSDP2 / DDP, activation
+checkpointing, bf16), `data`, `batch`, `evaluate`, `report`, `run`.
 """
 from __future__ import annotations
 

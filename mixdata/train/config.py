@@ -5,6 +5,10 @@ train:
   model: tiny                     # a preset, or {preset: tiny, connector: perceiver, ...}
   micro_batch: 8                  # sequences per forward pass, per rank
   checkpoint_every: 100           # optimizer steps between checkpoints
+  parallel:                       # how torchrun's ranks share the model (defaults shown)
+    strategy: ddp                 # ddp: replicate, all-reduce grads | fsdp: FSDP2 fully_shard
+    activation_checkpointing: false   # recompute each transformer block in backward
+    mixed_precision: auto         # auto: bf16 on CUDA, fp32 elsewhere | bf16 | none
   stages:                         # one entry per recipe stage; missing stages use defaults
     sft:
       trainable: {vision: frozen, connector: full, lm: lora}
@@ -20,6 +24,19 @@ train:
 
 Everything has a default, so `train: {model: tiny}` trains every stage of the recipe.
 `batch_tokens` fixes gradient accumulation: micro_batch × seq_len × ranks × accumulation.
+
+`parallel` (see `mixdata/train/parallel.py`):
+- `strategy: fsdp` shards parameters, gradients and optimizer state over the ranks with
+  FSDP2 (`torch.distributed.fsdp.fully_shard`), one unit per transformer block plus the
+  root; `ddp` keeps a full replica per rank. Under one process without torchrun both run
+  the model unsharded. Checkpoints are full state dicts keyed by parameter name, the same
+  whichever strategy wrote them, so a run may resume under the other strategy.
+- `activation_checkpointing: true` keeps only each block's input in the forward pass and
+  recomputes the block in backward: less activation memory for ~1/3 more compute.
+- `mixed_precision: bf16` computes in bfloat16 with fp32 master weights and optimizer
+  state: torch.autocast under DDP or one process, FSDP2's `MixedPrecisionPolicy`
+  (bf16 parameters in forward and backward, fp32 gradient reduction) under FSDP. `none`
+  computes in fp32; `auto` is bf16 on CUDA and fp32 elsewhere.
 """
 from __future__ import annotations
 
@@ -132,12 +149,22 @@ class StageTrain:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ParallelSpec:
+    """How the ranks torchrun starts share the model (module docstring, `parallel:`)."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False
+    mixed_precision: Literal["auto", "bf16", "none"] = "auto"
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     model: Literal["tiny", "small", "base"] | ModelSpec = "tiny"
     micro_batch: int = 8
     checkpoint_every: int = 100
     seed: int | None = None          # None: the recipe's seed
     eval_data: str | None = None     # folder with vqa/ocr/captions.jsonl; None: the demo split
+    parallel: ParallelSpec = field(default_factory=ParallelSpec)
     stages: dict[str, StageTrain] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -4,14 +4,14 @@ times, logs and checkpoints.
 Loss normalisation: one optimizer step sees `accumulation` micro-batches on each of
 `world_size` ranks. Its loss is Σ token losses / (supervised tokens of the whole step, all
 ranks), so every supervised token weighs the same whatever micro-batch or rank it lands on.
-DDP averages gradients over ranks, so each rank scales its backward by world_size / total.
+DDP and FSDP2 average gradients over ranks, so each rank scales its backward by
+world_size / total.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from ..errors import MixdataError
 from ..loading import normalize_pixels
-from .checkpoint import CHECKPOINT, restore_checkpoint, save_checkpoint
-from .config import StageTrain, StepPlan
-from .ddp import Dist, all_sum, gather_objects
+from .checkpoint import CHECKPOINT, restore_checkpoint, save_checkpoint, training_state
+from .config import ParallelSpec, StageTrain, StepPlan
+from .ddp import Dist, all_sum, barrier, gather_objects
 from .metrics import (
     MetricsLog,
     doc_lengths_squared,
@@ -33,6 +33,7 @@ from .metrics import (
     summarize,
 )
 from .model import IGNORE, token_losses
+from .parallel import accumulating, autocast
 
 
 class BatchSource(Protocol):
@@ -54,13 +55,7 @@ class StageRun:
     checkpoint_every: int
     pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slow and not what we test)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    parallel: ParallelSpec = field(default_factory=ParallelSpec)
 
 
 def to_device(batch: dict, device: torch.device, mean, std) -> dict:
@@ -77,8 +72,9 @@ def model_inputs(batch: dict) -> tuple:
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list[dict], *, ctx: Dist,
-               grad_clip: float | None) -> tuple[float, int]:
-    """One optimizer step over device batches; returns (mean loss, supervised tokens), global."""
+               grad_clip: float | None, mixed_precision: str = "auto") -> tuple[float, int]:
+    """One optimizer step over device batches; returns (mean loss, supervised tokens), global.
+    `mixed_precision` as in `train.parallel` (parallel.autocast decides the context)."""
     local = sum(int((b["labels"] != IGNORE).sum()) for b in micro_batches)
     total = int(all_sum(ctx, torch.tensor(local, dtype=torch.int64, device=ctx.device)))
     if total == 0:
@@ -88,9 +84,8 @@ def train_step(model, optimizer, scheduler, micro_batches: list[dict], *, ctx: D
     summed = torch.zeros((), device=ctx.device)
     for index, batch in enumerate(micro_batches):
         last = index == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last or not ctx.active else model.no_sync()
-        with sync:
-            with autocast_for(ctx.device):
+        with accumulating(model, last):
+            with autocast(model, ctx.device, mixed_precision):
                 logits = model(*model_inputs(batch))
             loss_sum, _ = token_losses(logits, batch["labels"])
             (loss_sum * scale).backward()
@@ -125,7 +120,8 @@ def train_stage(model, wrapped, optimizer, scheduler, data: BatchSource, run: St
                 progress: bool = True) -> list[float]:
     """Train `run.plan.steps` optimizer steps, resuming from the stage's checkpoint if asked.
 
-    `model` is the bare module (checkpoints), `wrapped` the one to call (DDP or the same).
+    `model` is the bare module (checkpoints), `wrapped` the one to call (DDP, or the same
+    module when it is alone or FSDP-sharded in place).
     `stop_after` ends early after that global step, as a crash would (used by tests).
     Returns the losses of the steps run in this call.
     """
@@ -141,7 +137,8 @@ def train_stage(model, wrapped, optimizer, scheduler, data: BatchSource, run: St
         device_batches = [to_device(b, ctx.device, run.pixel_mean, run.pixel_std) for b in host]
         waited = time.perf_counter() - began
         loss, supervised = train_step(wrapped, optimizer, scheduler, device_batches, ctx=ctx,
-                                      grad_clip=run.spec.grad_clip)
+                                      grad_clip=run.spec.grad_clip,
+                                      mixed_precision=run.parallel.mixed_precision)
         elapsed = time.perf_counter() - began
         counts = all_sum(ctx, meter.measure(host)).tolist()
         losses.append(loss)
@@ -180,7 +177,9 @@ def _maybe_resume(model, optimizer, scheduler, data, run: StageRun, ctx: Dist, r
 
 def _checkpoint(model, optimizer, scheduler, data, run: StageRun, ctx: Dist, step: int) -> None:
     loaders = gather_objects(ctx, data.state_dict())
+    training = training_state(model, optimizer)  # every rank: a collective under FSDP
     if ctx.is_main:
-        save_checkpoint(run.folder / CHECKPOINT, model=model, optimizer=optimizer,
+        save_checkpoint(run.folder / CHECKPOINT, training=training,
                         scheduler=scheduler, step=step, loader_state=loaders,
                         extra={"stage": run.name, "steps": run.plan.steps})
+    barrier(ctx)  # no rank runs on (or resumes) before the checkpoint is on disk

@@ -4,7 +4,8 @@ FLOPs follow the usual 2·params per token per matrix multiply (Kaplan et al., P
 B): a forward pass costs 2·N·tokens, the activation-gradient pass another 2·N·tokens and the
 weight-gradient pass another 2·N·tokens, plus attention's score and value products. A frozen
 module upstream of everything that trains runs forward only, so it is counted at 2·N, not
-6·N: MFU counts the work actually done, vision encoder included.
+6·N: MFU counts the work actually done, vision encoder included: per view, exactly as
+`flops.vit_view_flops` counts the ViT (patch embedding, blocks and attention).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .flops import ViTShape, vit_view_flops
 
 # Dense bf16 peak FLOP/s per GPU (vendor datasheets, without sparsity).
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
@@ -50,16 +53,15 @@ def pass_factor(trains_weights: bool, grads_flow: bool) -> int:
 class FlopModel:
     """Per-step FLOPs of the VLM from token and tile counts."""
 
-    vision_params: int
-    vision_dim: int
-    vision_layers: int
-    vision_patch: int
+    vision: ViTShape
+    vision_adapter_params: int  # LoRA adapters on the ViT's linear layers, beyond `vision`
+    vision_trains: bool         # its weights train (full mode)
+    vision_flows: bool          # activation gradients flow through it (full or LoRA)
     connector: object          # ConnectorConfig: tokens per view from the patch grid
     connector_params: int
     lm_params: int
     lm_dim: int
     lm_layers: int
-    vision_factor: int
     connector_factor: int
     lm_factor: int
 
@@ -70,11 +72,11 @@ class FlopModel:
         document costs 2·2·dim·len²/2 per layer forward. The connector is counted per output
         token: exact for pixel shuffle, a floor for the perceiver.
         """
-        grid = tile // self.vision_patch
-        patches = grid * grid
-        vision_attention = (6 if self.vision_factor > 2 else 2) * 2 * self.vision_layers \
-            * self.vision_dim * patches
-        vision = views * patches * (self.vision_factor * self.vision_params + vision_attention)
+        grid = tile // self.vision.patch_size
+        per_view = vit_view_flops(self.vision, tile, trains_weights=self.vision_trains,
+                                  grads_flow=self.vision_flows)
+        adapters = grid * grid * self.vision_factor * self.vision_adapter_params
+        vision = views * (per_view + adapters)
         connector = (views * self.connector.tokens_per_tile(grid) * self.connector_factor
                      * self.connector_params)
         lm = tokens * self.lm_factor * self.lm_params
@@ -82,6 +84,10 @@ class FlopModel:
         attention_factor = 6 if self.lm_factor > 2 else 2
         lm += attention_factor * 2 * self.lm_layers * self.lm_dim * doc_lengths_sq / 2
         return float(vision + connector + lm)
+
+    @property
+    def vision_factor(self) -> int:
+        return pass_factor(self.vision_trains, self.vision_flows)
 
 
 def flop_model(model) -> FlopModel:
@@ -93,16 +99,24 @@ def flop_model(model) -> FlopModel:
     # activation gradients flow through a module when it or anything before it trains
     flows = {"vision": trains["vision"], "connector": trains["vision"] or trains["connector"],
              "lm": any(trains.values())}
+    vision = vit_shape(model.config.vision)
     return FlopModel(
-        vision_params=linear_params(model.vision), vision_dim=model.config.vision.dim,
-        vision_layers=model.config.vision.layers, vision_patch=model.config.vision.patch,
+        vision=vision,
+        vision_adapter_params=linear_params(model.vision) - vision.patch_weights
+        - vision.block_weights,
+        vision_trains=full["vision"], vision_flows=flows["vision"],
         connector=model.config.connector, connector_params=linear_params(model.connector),
         lm_params=linear_params(model.lm),
         lm_dim=model.config.lm.dim, lm_layers=model.config.lm.layers,
-        vision_factor=pass_factor(full["vision"], flows["vision"]),
         connector_factor=pass_factor(full["connector"], flows["connector"]),
         lm_factor=pass_factor(full["lm"], flows["lm"]),
     )
+
+
+def vit_shape(config) -> ViTShape:
+    """The bundled ViT (`vision.VisionConfig`) in FLOP terms."""
+    return ViTShape(hidden_size=config.dim, num_layers=config.layers, patch_size=config.patch,
+                    intermediate_size=int(config.dim * config.mlp_ratio))
 
 
 def doc_lengths_squared(doc_ids: torch.Tensor) -> float:

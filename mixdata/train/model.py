@@ -106,17 +106,15 @@ class VLM(nn.Module):
             image_features = self.image_features(pixel_values.to(embeddings.dtype))
         if image_features is not None:
             embeddings = scatter_features(embeddings, image_features, tile_spans)
-        elif self.training and self._image_path_trains():
+        elif self.training:
             embeddings = embeddings + self._dummy_image_term(embeddings)
         mask = document_mask(doc_ids, select_backend(self.config.attention, input_ids.device))
         return self.lm(embeddings, position_ids, mask)
 
-    def _image_path_trains(self) -> bool:
-        return any(p.requires_grad for m in (self.vision, self.connector) for p in m.parameters())
-
     def _dummy_image_term(self, embeddings: torch.Tensor) -> torch.Tensor:
         # A batch with no image still runs the vision tower (on one blank tile, times zero) so
-        # every trainable parameter gets a gradient and DDP's all-reduce does not wait forever.
+        # every trainable parameter gets a gradient and DDP's all-reduce does not wait forever,
+        # and so every rank calls every FSDP unit, frozen ones too (each call all-gathers).
         tile = self.config.vision.base_tile
         blank = torch.zeros(1, 3, tile, tile, device=embeddings.device, dtype=embeddings.dtype)
         return self.image_features(blank).sum() * 0.0
@@ -137,8 +135,8 @@ def scatter_features(embeddings: torch.Tensor, features: torch.Tensor,
             f"{sorted(set(widths.tolist()))} placeholder tokens (image_tokens_per_tile mismatch)")
     offsets = torch.arange(per_view, device=embeddings.device)
     flat = (tile_spans[:, :1] * length + tile_spans[:, 1:2] + offsets).reshape(-1)
-    features = features.reshape(-1, dim).to(embeddings.dtype)
-    merged = embeddings.reshape(-1, dim).index_copy(0, flat, features)
+    rows = features.reshape(-1, dim).to(embeddings.dtype)
+    merged = embeddings.reshape(-1, dim).index_copy(0, flat, rows)
     return merged.view(batch, length, dim)
 
 

@@ -112,11 +112,12 @@ def _run_stage(recipe, config: TrainConfig, model: ModelConfig, name: str, run_d
         origin = init_from or "a fresh initialisation"
         print(f"stage {name}: {plan.steps} steps x {plan.sequences_per_step} sequences "
               f"({plan.accumulation} accumulation), starting from {origin}")
-    state = start_stage(model, spec, plan, seed=seed, ctx=ctx, init_from=init_from)
+    state = start_stage(model, spec, plan, seed=seed, ctx=ctx, init_from=init_from,
+                        parallel=config.parallel)
     data = open_data(shard_dir, plan, ctx, seed=seed)
     run = StageRun(name=name, spec=spec, plan=plan, folder=folder,
                    checkpoint_every=config.checkpoint_every, pixel_mean=policy.mean,
-                   pixel_std=policy.std)
+                   pixel_std=policy.std, parallel=config.parallel)
     log = MetricsLog(run_dir / METRICS if ctx.is_main else None)
     train_stage(state.model, state.wrapped, state.optimizer, state.scheduler, data, run,
                 ctx=ctx, log=log, resume=resume, progress=progress)
