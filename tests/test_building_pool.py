@@ -120,3 +120,10 @@ def test_the_local_engine_never_imports_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_engine_ray_without_ray_installed_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the extra
+    monkeypatch.delitem(sys.modules, "mixdata.building.ray_engine", raising=False)
+    with pytest.raises(MixdataError, match=r"needs Ray: pip install 'mixdata\[ray\]'"):
+        open_engine("ray", 2)

@@ -7,7 +7,9 @@ of a million shards holds a few dozen task objects at a time, never the list. `c
 when given, runs in the build's own process first: a result already on disk (a prepared unit,
 a final shard) comes back from there and never reaches a worker. `on_result(phase, done)` is
 called after each delivered result with the phase's count so far (over every map of that
-phase): tests crash a build at an exact point with it.
+phase): tests crash a build at an exact point with it. `retries[phase]` counts the task
+attempts an engine re-ran because their worker died (Ray's retries; the local engine has
+none), over every map of that phase.
 
 `Executor(workers)` is the local engine: inline when `workers <= 1`, else a spawn-based
 `ProcessPoolExecutor` whose workers call `lifeline.die_with_parent` first, so a SIGKILLed
@@ -46,6 +48,9 @@ class Engine(Protocol):
     @property
     def started(self) -> bool: ...      # whether it started workers (a pool, a Ray client)
 
+    @property
+    def retries(self) -> dict[str, int]: ...  # re-run attempts by phase (module docstring)
+
     def map(self, fn: Callable, tasks: Iterable, phase: str, bar=None, *,
             cached: Callable | None = None, may_start: bool = True) -> Iterator: ...
 
@@ -70,6 +75,7 @@ class OrderedEngine:
     def __init__(self, on_result: TaskHook | None = None) -> None:
         self.on_result = on_result
         self._counts: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
 
     @property
     def window(self) -> int:
@@ -114,8 +120,12 @@ class OrderedEngine:
         slots.clear()
 
     def _deliver(self, fn: Callable, slot: _Slot, phase: str, bar) -> Any:
-        if not slot.done:
-            slot.result = self._wait(slot.handle) if slot.handle is not None else fn(slot.task)
+        if not slot.done and slot.handle is None:
+            slot.result = fn(slot.task)
+        elif not slot.done:
+            slot.result, retried = self._wait(slot.handle)
+            if retried:
+                self.retries[phase] = self.retries.get(phase, 0) + retried
         if bar is not None:
             bar.update(1)
         self._counts[phase] = self._counts.get(phase, 0) + 1
@@ -139,7 +149,8 @@ class OrderedEngine:
     def _submit(self, fn: Callable, task) -> Any:
         raise NotImplementedError
 
-    def _wait(self, handle) -> Any:
+    def _wait(self, handle) -> tuple[Any, int]:
+        """The task's result, and how many times it was re-run after its worker died."""
         raise NotImplementedError
 
     def _abandon(self, handles: list) -> None:
@@ -177,8 +188,8 @@ class Executor(OrderedEngine):
     def _submit(self, fn: Callable, task) -> Future:
         return self._pool.submit(fn, task)
 
-    def _wait(self, handle: Future) -> Any:
-        return handle.result()
+    def _wait(self, handle: Future) -> tuple[Any, int]:
+        return handle.result(), 0  # a dead pool worker breaks the pool: no retries here
 
     def _abandon(self, handles: list[Future]) -> None:
         for future in handles:

@@ -11,7 +11,9 @@ times (`max_retries`). That is safe because every task writes only through atomi
 and a task that finds its result already final (a unit's sidecar, a shard with the same plan
 hash) returns it. A task that *raises* is not retried (`retry_exceptions=False`): mixdata's
 tasks are deterministic, so the same input raises again, and storage reads already retry
-their transient errors themselves.
+their transient errors themselves. Each result comes back with Ray's attempt number for its
+task, so the engine counts the re-run attempts per phase (`retries`), which the build records
+in the manifest's `run` section.
 
 Where it runs: with `address` None, a private Ray instance on this machine (`workers` CPUs,
 no dashboard) that listens on 127.0.0.1 only and stops with the build; `pool.open_engine`
@@ -20,12 +22,15 @@ a loopback-only node. With an address (`host:port` of `ray start --head`, or "au
 existing cluster, which the build leaves running. Every node must see the build's output
 folder at the same path (it holds the prepared units) and have the same mixdata installed.
 Ray starts on the first task that needs a worker, so a build with nothing to do never
-connects.
+connects. An address nothing answers at is a MixdataError after about half a minute (Ray
+alone keeps trying for about ten: `CONNECT_ENV` shortens its waits unless they are set).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
@@ -36,6 +41,39 @@ from .pool import OrderedEngine, TaskHook
 
 RETRIES = 3                            # resubmissions of a task whose worker or node died
 OBJECT_STORE_BYTES = 256 * 1024 ** 2   # a private instance's: results and chunks are small
+# Ray's waits when connecting to a cluster (its defaults add up to ~10 minutes when nothing
+# answers): 2 attempts of at most 5 s to reach the GCS and 10 s for its reply.
+CONNECT_ENV = {"RAY_gcs_server_port_wait_time_s": "2",
+               "RAY_gcs_rpc_server_connect_timeout_s": "5",
+               "RAY_py_gcs_connect_timeout_s": "10"}
+
+
+def _attempted(fn: Callable, task) -> tuple[Any, int]:
+    """Runs on a Ray worker: `fn(task)`, and which attempt of this Ray task it is (0 the
+    first)."""
+    return fn(task), _attempt_number()
+
+
+def _attempt_number() -> int:
+    # Ray's own count. Its public reader is the state API, which needs the dashboard (off on
+    # a private instance, optional on a cluster); the core worker has it for every task.
+    try:
+        return int(ray._private.worker.global_worker.core_worker
+                   .get_current_task_attempt_number())
+    except AttributeError:  # a Ray without it: retries are not counted
+        return 0
+
+
+@contextmanager
+def _connect_timeouts() -> Iterator[None]:
+    """`CONNECT_ENV` while connecting, where the user has not set them."""
+    added = {k: v for k, v in CONNECT_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 class RayEngine(OrderedEngine):
@@ -80,17 +118,28 @@ class RayEngine(OrderedEngine):
                          include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
                          logging_level=logging.WARNING)
             else:
-                ray.init(address=self.address, logging_level=logging.WARNING)
+                self._connect()
             self._owned = True
         self._connected = True
 
-    def _submit(self, fn: Callable, task) -> ray.ObjectRef:
-        if fn not in self._remotes:
-            self._remotes[fn] = ray.remote(max_retries=RETRIES, retry_exceptions=False,
-                                           num_cpus=1)(fn)
-        return self._remotes[fn].remote(task)
+    def _connect(self) -> None:
+        try:
+            with _connect_timeouts():
+                ray.init(address=self.address, logging_level=logging.WARNING)
+        except ConnectionError as err:
+            raise MixdataError(
+                f"cannot reach a Ray cluster at --address {self.address} ({err}). Start one "
+                "with 'ray start --head' (it prints the address to pass), check the host, "
+                "port and firewall, or leave out --address to run a private Ray instance on "
+                "this machine") from None
 
-    def _wait(self, handle: ray.ObjectRef) -> Any:
+    def _submit(self, fn: Callable, task) -> ray.ObjectRef:
+        if fn not in self._remotes:  # named after fn: the task and its worker's title
+            self._remotes[fn] = ray.remote(max_retries=RETRIES, retry_exceptions=False,
+                                           num_cpus=1)(_attempted).options(name=fn.__name__)
+        return self._remotes[fn].remote(fn, task)
+
+    def _wait(self, handle: ray.ObjectRef) -> tuple[Any, int]:
         try:
             return ray.get(handle)
         except RayTaskError as err:

@@ -95,6 +95,7 @@ def build_stage(recipe, stage_name: str, out: str | Path | None = None, *, worke
     executor = open_engine(options.engine, options.workers, options.on_result,
                            options.address) if owned else options.engine
     timings, started = {"engine": executor.name}, time.perf_counter()
+    retried_before = dict(executor.retries)  # an engine shared by stages counts them all
     try:
         stats = _prepare(recipe, stage_name, out / ".prepare", executor, options)
         timings["prepare_s"] = time.perf_counter() - started
@@ -104,13 +105,16 @@ def build_stage(recipe, stage_name: str, out: str | Path | None = None, *, worke
         t = time.perf_counter()
         shard_infos = _write(recipe, stage_name, out, plan, stats, executor, options)
         timings["write_s"] = time.perf_counter() - t
+        timings["workers"] = executor.workers  # before close: Ray's is asked of the cluster
     finally:
         timings["pool_started"] = executor.started
         if owned:
             executor.close()
-    manifest = build_manifest(recipe, stage_name, plan, stats, shard_infos)
+    task_retries = {phase: n - retried_before.get(phase, 0)
+                    for phase, n in executor.retries.items() if n > retried_before.get(phase, 0)}
+    manifest = build_manifest(recipe, stage_name, plan, stats, shard_infos, task_retries)
     write_rejects(out, [u for s in stats for u in stats[s]])
-    timings.update(total_s=time.perf_counter() - started, workers=executor.workers)
+    timings.update(total_s=time.perf_counter() - started, task_retries=task_retries)
     write_json_atomic(out / "timings.json", timings)
     write_manifest(out, manifest)
     return out
