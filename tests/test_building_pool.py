@@ -1,10 +1,12 @@
-"""The build's local engine: results in task order, the hook after each, no pool for one task,
-tasks pulled lazily, cached results answered in the parent."""
+"""The build's local engine: results in task order, the hook after each, no pool for one task
+or for a second of work, tasks pulled lazily, cached results answered in the parent. Tests of
+the pool itself start it at once (`start_after_s=0`)."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -19,7 +21,8 @@ def _pid_and_square(x: int) -> tuple[int, int]:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_results_come_back_in_task_order_and_the_hook_counts_per_phase(workers):
     seen = []
-    executor = Executor(workers, on_result=lambda phase, done: seen.append((phase, done)))
+    executor = Executor(workers, on_result=lambda phase, done: seen.append((phase, done)),
+                        start_after_s=0)
     try:
         first = list(executor.map(_pid_and_square, range(6), "prepare"))
         second = list(executor.map(_pid_and_square, range(6, 8), "prepare"))
@@ -39,6 +42,28 @@ def test_a_single_task_never_starts_the_pool():
     executor.close()
 
 
+def _pid_after_a_nap(x: int) -> int:
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def test_the_pool_starts_only_after_a_second_of_inline_work():
+    small = Executor(2)  # the default: START_AFTER_S of inline work first
+    try:
+        assert set(small.map(_pid_after_a_nap, range(8), "prepare")) == {os.getpid()}
+        assert not small.started  # 0.4 s of work: cheaper here than starting two workers
+    finally:
+        small.close()
+    executor = Executor(2, start_after_s=0.3)
+    try:
+        pids = list(executor.map(_pid_after_a_nap, range(40), "prepare"))
+        inline = pids.index(next(p for p in pids if p != os.getpid()))
+        assert 4 <= inline <= 8 and executor.started  # ~6 naps of 0.05 s, then the pool
+        assert os.getpid() not in pids[inline + 2:]
+    finally:
+        executor.close()
+
+
 def _square_or_fail(x: int) -> int:
     if x == 13:
         raise ValueError("thirteen")
@@ -52,7 +77,7 @@ def test_cached_results_come_from_the_parent_and_one_miss_starts_no_pool():
         asked.append(os.getpid())
         return None if x == 3 else -x
 
-    executor = Executor(2)
+    executor = Executor(2, start_after_s=0)
     try:
         out = list(executor.map(_pid_and_square, range(6), "prepare", cached=cached))
         assert out == [0, -1, -2, (os.getpid(), 9), -4, -5]
@@ -70,7 +95,7 @@ def test_tasks_are_pulled_lazily_within_the_window():
             ahead.append(pulled[0] - delivered[0])
             yield x
 
-    executor = Executor(2)
+    executor = Executor(2, start_after_s=0)
     try:
         for n, result in enumerate(executor.map(_pid_and_square, tasks(), "write")):
             assert result[1] == n * n
@@ -81,7 +106,7 @@ def test_tasks_are_pulled_lazily_within_the_window():
 
 
 def test_may_start_false_never_starts_a_pool_but_uses_a_running_one():
-    executor = Executor(2)
+    executor = Executor(2, start_after_s=0)
     try:
         assert [r[1] for r in executor.map(_pid_and_square, range(4), "plan",
                                            may_start=False)] == [0, 1, 4, 9]
@@ -95,7 +120,7 @@ def test_may_start_false_never_starts_a_pool_but_uses_a_running_one():
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failing_task_raises_in_order_and_later_tasks_are_dropped(workers):
-    executor = Executor(workers)
+    executor = Executor(workers, start_after_s=0)
     seen = []
     try:
         with pytest.raises(ValueError, match="thirteen"):

@@ -6,7 +6,7 @@
   2 and `--engine ray` vs local (`tools/scale_builds.py` says how).
 
     PYTHONPATH=. .venv/bin/python tools/bench_scale.py --docs 100000 1000000 10000000
-    PYTHONPATH=. .venv/bin/python tools/bench_scale.py --parts build --scale 20 --repeats 2
+    PYTHONPATH=. .venv/bin/python tools/bench_scale.py --parts build --scale 20 1 --repeats 2
 
 The plan phase is everything between prepared units and shard tasks: read the lengths,
 exact dedup, the mixture schedule, packing, and shard grouping with every shard's hash.
@@ -337,7 +337,10 @@ def main(argv=None) -> None:
     ap.add_argument("--tmp", default=None, help="scratch folder (default: a temp folder)")
     ap.add_argument("--parts", nargs="+", choices=("plan", "build"), default=["plan", "build"],
                     help="which benchmarks to run (default: both)")
-    ap.add_argument("--scale", type=float, default=20, help="build: demo corpus scale")
+    ap.add_argument("--scale", type=float, nargs="+", default=[20, 1],
+                    help="build: demo corpus scales, each measured on its own (default 20, "
+                         "where prepare takes over a minute on one worker, and 1, a small "
+                         "build that should not pay for a pool)")
     ap.add_argument("--repeats", type=int, default=2, help="build: runs of each configuration")
     ap.add_argument("--configs", nargs="+", choices=("w1", "w2", "ray"),
                     default=["w1", "w2", "ray"], help="build: which builds (ray needs the "
@@ -365,9 +368,11 @@ def main(argv=None) -> None:
     if "build" in args.parts:
         import scale_builds  # beside this file
 
-        with tempfile.TemporaryDirectory(prefix="bench-builds-", dir=args.tmp) as tmp:
-            runs = scale_builds.measure(args.scale, args.repeats, Path(tmp), args.configs)
-        print(scale_builds.report(runs, args.scale))
+        for scale in args.scale:
+            with tempfile.TemporaryDirectory(prefix="bench-builds-", dir=args.tmp) as tmp:
+                runs = scale_builds.measure(scale, args.repeats, Path(tmp), args.configs)
+            print(scale_builds.report(runs, scale))
+            print()
 
 
 if __name__ == "__main__":

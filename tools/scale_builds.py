@@ -90,9 +90,11 @@ def run_build(recipe: Path, out: Path, engine: str, workers: int, scale: float) 
     wall = time.perf_counter() - start
     after, busy = resource.getrusage(resource.RUSAGE_CHILDREN), busy_seconds() - busy
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    stages = {p.parent.name: json.loads(p.read_text())["total_s"]
-              for p in out.glob("*/timings.json")}
+    timings = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/timings.json")}
+    stages = {name: t["total_s"] for name, t in timings.items()}
     return {"wall": wall, "cpu": cpu if engine == "local" else None, "stages": stages,
+            "prepare": sum(t["prepare_s"] for t in timings.values()),
+            "pool": any(t["pool_started"] for t in timings.values()),
             "others": (busy - cpu) / wall if engine == "local" else None,
             "load": (load, os.getloadavg()[0]), "digest": digest(out)}
 
@@ -102,6 +104,7 @@ def measure(scale: float, repeats: int, tmp: Path, configs: list[str]) -> list[d
     corpus = prepare_corpus(scale)
     print(f"[build] demo corpus scale {scale:g} at {corpus}", file=sys.stderr, flush=True)
     runs = []
+    print(f"[build] load average (1, 5, 15 min) at start: {os.getloadavg()}", file=sys.stderr)
     for r in range(repeats):
         for name in configs:
             engine, workers = CONFIGS[name]
@@ -110,6 +113,7 @@ def measure(scale: float, repeats: int, tmp: Path, configs: list[str]) -> list[d
             shutil.rmtree(out)
             print(f"[build] {row}", file=sys.stderr, flush=True)
             runs.append(row)
+    print(f"[build] load average (1, 5, 15 min) at end: {os.getloadavg()}", file=sys.stderr)
     return runs
 
 
@@ -119,16 +123,17 @@ def report(runs: list[dict], scale: float) -> str:
     identical = len({r["digest"] for r in runs}) == 1
     lines = [f"Demo corpus at scale {scale:g}, recipes/demo.yaml without budgets, --stage all. "
              f"Outputs identical across all {len(runs)} runs: {'yes' if identical else 'NO'}.",
-             "", "| run | engine | workers | wall | pretrain / highres / sft | CPU "
-             "| other processes' cores | load avg before -> after |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |"]
+             "", "| run | engine | workers | wall | prepare (3 stages) | pretrain / highres / sft "
+             "| pool started | CPU | other processes' cores | load avg before -> after |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | --- |"]
     for r in runs:
         engine, workers = CONFIGS[r["config"]]
         cpu = f"{r['cpu']:.1f} s" if r["cpu"] is not None else "-"
         others = f"{r['others']:.2f}" if r["others"] is not None else "-"
         stages = " / ".join(f"{r['stages'].get(s, 0):.1f}" for s in ("pretrain", "highres", "sft"))
         lines.append(f"| {r['config']} #{r['repeat'] + 1} | {engine} | {workers} | "
-                     f"{r['wall']:.1f} s | {stages} s | {cpu} | {others} | "
+                     f"{r['wall']:.1f} s | {r['prepare']:.1f} s | {stages} s | "
+                     f"{'yes' if r['pool'] else 'no'} | {cpu} | {others} | "
                      f"{r['load'][0]:.2f} -> {r['load'][1]:.2f} |")
     lines.append("")
     if "w1" in best and "w2" in best:

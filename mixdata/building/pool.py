@@ -13,14 +13,18 @@ none), over every map of that phase.
 
 `Executor(workers)` is the local engine: inline when `workers <= 1`, else a spawn-based
 `ProcessPoolExecutor` whose workers call `lifeline.die_with_parent` first, so a SIGKILLed
-build leaves no process behind. The pool starts at the second task of a map that needs a
-worker (`cached` said no), so a build with at most one thing to do never pays for spawning
-interpreters; a map with `may_start=False` uses a running pool but never starts one. The Ray
+build leaves no process behind. Its tasks run inline until they have taken `START_AFTER_S`
+(1 s) in all, and the pool starts at the next two that need a worker (`cached` said no): a
+small build, whose work would take less than starting the workers (each imports the package
+afresh: about a second, on every core at once), never pays for them, and a large one loses
+at most that second of parallelism. A map with `may_start=False` uses a running pool but
+never starts one. The Ray
 engine (`ray_engine.RayEngine`) implements the same contract.
 """
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -33,8 +37,15 @@ from ..lifeline import die_with_parent
 TaskHook = Callable[[str, int], None]
 ENGINES = ("local", "ray")
 RAY_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a Ray node on 127.0.0.1 only
+# Ray's waits when a driver connects to a cluster (its defaults add up to ~10 minutes when
+# nothing answers at the address): 2 attempts, each at most 5 s to reach the GCS and 10 s for
+# its reply. Read by Ray when it is imported.
+CONNECT_ENV = {"RAY_gcs_server_port_wait_time_s": "2",
+               "RAY_gcs_rpc_server_connect_timeout_s": "5",
+               "RAY_py_gcs_connect_timeout_s": "10"}
 WINDOW_PER_WORKER = 4   # tasks in flight per worker: enough that none waits on the parent
 MIN_WINDOW = 16         # ... and room for small tasks to run past a long one at the head
+START_AFTER_S = 1.0     # inline task time before the local pool starts (module docstring)
 
 
 class Engine(Protocol):
@@ -70,10 +81,14 @@ class OrderedEngine:
     """The ordered, windowed `map` shared by the engines; subclasses say how a task is
     submitted (`_submit`, returning a handle), waited for (`_wait`) and abandoned
     (`_abandon`), and whether workers exist (`_ready`) or can be started (`_can_start`,
-    `_start`). A task no worker takes runs inline, when it is delivered."""
+    `_start`). A task no worker takes runs inline, when it is delivered; workers start only
+    once inline tasks have taken `start_after_s` in all."""
+
+    start_after_s = 0.0
 
     def __init__(self, on_result: TaskHook | None = None) -> None:
         self.on_result = on_result
+        self.inline_s = 0.0  # time spent running tasks here, over every map
         self._counts: dict[str, int] = {}
         self.retries: dict[str, int] = {}
 
@@ -94,7 +109,7 @@ class OrderedEngine:
                     slot.result, slot.done = hit, True
                 elif self._ready():
                     slot.handle = self._submit(fn, task)
-                elif may_start and self._can_start():
+                elif may_start and self._can_start() and self.inline_s >= self.start_after_s:
                     waiting.append(slot)
                     if len(waiting) > 1:
                         self._start()
@@ -121,7 +136,9 @@ class OrderedEngine:
 
     def _deliver(self, fn: Callable, slot: _Slot, phase: str, bar) -> Any:
         if not slot.done and slot.handle is None:
+            started = time.perf_counter()
             slot.result = fn(slot.task)
+            self.inline_s += time.perf_counter() - started
         elif not slot.done:
             slot.result, retried = self._wait(slot.handle)
             if retried:
@@ -162,13 +179,16 @@ def _worker_start(parent: int) -> None:
 
 
 class Executor(OrderedEngine):
-    """The local engine: inline (workers <= 1) or a lazily started spawn process pool."""
+    """The local engine: inline (workers <= 1) or a lazily started spawn process pool;
+    `start_after_s` (default `START_AFTER_S`, read when made): inline time before it starts."""
 
     name = "local"
 
-    def __init__(self, workers: int, on_result: TaskHook | None = None) -> None:
+    def __init__(self, workers: int, on_result: TaskHook | None = None,
+                 start_after_s: float | None = None) -> None:
         super().__init__(on_result)
         self.workers = max(1, int(workers))
+        self.start_after_s = START_AFTER_S if start_after_s is None else start_after_s
         self._pool: ProcessPoolExecutor | None = None
 
     @property
@@ -213,8 +233,12 @@ def open_engine(engine: str, workers: int, on_result: TaskHook | None = None,
         return Executor(workers, on_result)
     if engine != "ray":
         raise MixdataError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    if address is None:  # read when Ray is first imported: its private node then listens on
-        os.environ.setdefault(RAY_LOOPBACK, "0")   # 127.0.0.1, never on the network
+    # Both read when Ray is first imported (a user's own values win).
+    if address is None:  # its private node then listens on 127.0.0.1, never on the network
+        os.environ.setdefault(RAY_LOOPBACK, "0")
+    else:
+        for key, value in CONNECT_ENV.items():
+            os.environ.setdefault(key, value)
     try:
         from .ray_engine import RayEngine
     except ModuleNotFoundError as err:

@@ -23,14 +23,13 @@ existing cluster, which the build leaves running. Every node must see the build'
 folder at the same path (it holds the prepared units) and have the same mixdata installed.
 Ray starts on the first task that needs a worker, so a build with nothing to do never
 connects. An address nothing answers at is a MixdataError after about half a minute (Ray
-alone keeps trying for about ten: `CONNECT_ENV` shortens its waits unless they are set).
+alone keeps trying for about ten: `pool.open_engine` shortens its waits, `CONNECT_ENV`,
+unless they are set, before Ray is imported, which is when Ray reads them).
 """
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -41,11 +40,6 @@ from .pool import OrderedEngine, TaskHook
 
 RETRIES = 3                            # resubmissions of a task whose worker or node died
 OBJECT_STORE_BYTES = 256 * 1024 ** 2   # a private instance's: results and chunks are small
-# Ray's waits when connecting to a cluster (its defaults add up to ~10 minutes when nothing
-# answers): 2 attempts of at most 5 s to reach the GCS and 10 s for its reply.
-CONNECT_ENV = {"RAY_gcs_server_port_wait_time_s": "2",
-               "RAY_gcs_rpc_server_connect_timeout_s": "5",
-               "RAY_py_gcs_connect_timeout_s": "10"}
 
 
 def _attempted(fn: Callable, task) -> tuple[Any, int]:
@@ -62,18 +56,6 @@ def _attempt_number() -> int:
                    .get_current_task_attempt_number())
     except AttributeError:  # a Ray without it: retries are not counted
         return 0
-
-
-@contextmanager
-def _connect_timeouts() -> Iterator[None]:
-    """`CONNECT_ENV` while connecting, where the user has not set them."""
-    added = {k: v for k, v in CONNECT_ENV.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
 
 
 class RayEngine(OrderedEngine):
@@ -124,8 +106,7 @@ class RayEngine(OrderedEngine):
 
     def _connect(self) -> None:
         try:
-            with _connect_timeouts():
-                ray.init(address=self.address, logging_level=logging.WARNING)
+            ray.init(address=self.address, logging_level=logging.WARNING)
         except ConnectionError as err:
             raise MixdataError(
                 f"cannot reach a Ray cluster at --address {self.address} ({err}). Start one "
