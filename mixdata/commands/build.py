@@ -30,13 +30,16 @@ def register(sub) -> None:
                         help="worker processes for the prepare, plan and write phases "
                              "(default: min(4, CPU count)); with --engine ray and no "
                              "--address, the CPUs of the private Ray instance; ignored on an "
-                             "existing cluster, which uses all its CPUs. Output is identical "
-                             "for any value")
+                             "existing cluster, which uses all its CPUs. The local pool "
+                             "starts only once a second of work has run in the build's own "
+                             "process, so a small build never pays for it. Output is "
+                             "identical for any value")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="where tasks run: 'local' (default), a process pool on this "
                              "machine; 'ray', one Ray task per source unit, plan chunk and "
                              "shard, retried by Ray when its worker or node dies (needs "
-                             "pip install 'mixdata[ray]'). Output is byte-identical for both")
+                             "pip install 'mixdata[ray]'). Output is byte-identical for "
+                             "both; the manifest's run.task_retries counts tasks re-run")
     parser.add_argument("--address", default=None, metavar="ADDR",
                         help="with --engine ray: the existing Ray cluster to run on, as "
                              "HOST:PORT printed by 'ray start --head', or 'auto' for the "
