@@ -2,7 +2,7 @@
 
 Token ids: 0-255 are text bytes, then the specials (`<pad>`, `<s>`, `</s>`, then every name
 of `mixdata.image.special_tokens()`). Each image goes through the real image step
-(`mixdata.image.process`) and is laid out with `mixdata.image.layout`, as the build does.
+(`mixdata.image.processing`) and is laid out with `mixdata.image.placeholders`, as the build does.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from mixdata.tokens import load_tokenizer
 from mixdata.train.attention import dense_document_mask, flex_available
 from mixdata.train.batch import Doc, make_batch
 from mixdata.train.config import ModelSpec
-from mixdata.train.connector import ConnectorConfig
+from mixdata.train.connector import ConnectorConfig, build_connector
 from mixdata.train.lm import LMConfig
 from mixdata.train.lora import merge_lora, set_mode
 from mixdata.train.model import (
@@ -155,6 +155,10 @@ def test_presets_make_the_advertised_tokens_and_sizes():
     assert model_config(ModelSpec(preset="base"), 300).tokens_per_tile(378) == 81
     perceiver = model_config(ModelSpec(preset="tiny", connector="perceiver", perceiver_latents=9), 300)
     assert perceiver.tokens_per_tile(64) == perceiver.tokens_per_tile(128) == 9
+    mlp = model_config(ModelSpec(preset="tiny", connector="mlp"), 300)
+    assert mlp.tokens_per_tile(64) == 4 * tiny.tokens_per_tile(64)  # tiny shuffles by 2
+    connector = build_connector(mlp.connector, 24, 40)
+    assert connector(torch.randn(3, 64, 24)).shape == (3, 64, 40)  # a token per patch
 
 
 def test_token_mismatch_names_both_numbers():

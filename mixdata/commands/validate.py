@@ -39,7 +39,7 @@ def plan_of(recipe, train) -> dict:
             "dialect": recipe.family or "mixdata", "add_tokens": recipe.add_tokens,
             "seq_len": recipe.seq_len, "image_tokens_per_tile": recipe.image_tokens_per_tile,
             "sources": {n: {"format": s.format, "uri": s.uri} for n, s in recipe.sources.items()},
-            "model": train.model_spec.preset, "stages": stages}
+            "model": train.model_label, "stages": stages}
 
 
 def _train_of(spec) -> dict:

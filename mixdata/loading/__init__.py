@@ -2,8 +2,9 @@
 
 Modules: `order` (pure order arithmetic: shard permutations, the world-size-independent
 lanes and steps, shuffle order, mixture pattern), `reader` (streaming shards with fault
-handling), `collate` (pure sequences -> batch, pixel normalisation), `dataset` (the
-IterableDataset and its state).
+handling), `collate` (pure sequences -> batch, pixel normalisation), `families` (pure
+sequences -> a model family's forward keyword arguments), `dataset` (the IterableDataset
+and its state).
 """
 from __future__ import annotations
 
@@ -16,17 +17,19 @@ from ..errors import MixdataError
 from ..manifest import Manifest, locate_manifest, read_manifest
 from .collate import BatchSpec, normalize_pixels
 from .dataset import LoadConfig, MixdataDataset, MixdataLoader
+from .families import FamilyCollate, FamilyCollator, ModelBatch, family_collator
 from .order import Component, mixture_pattern
 
-__all__ = ["BatchSpec", "LoadConfig", "MixdataDataset", "MixdataLoader", "load",
-           "normalize_pixels"]
+__all__ = ["BatchSpec", "FamilyCollate", "LoadConfig", "MixdataDataset", "MixdataLoader",
+           "ModelBatch", "load", "normalize_pixels"]
 
 
 def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1000,
          epochs: int | None = None, rank: int | None = None, world_size: int | None = None,
          drop_last: bool = True, weights: list[float] | None = None, max_failures: int = 16,
          streams: int | None = None, canonical_ranks: int | None = None,
-         approximate_resume: bool = False) -> MixdataDataset:
+         approximate_resume: bool = False, collate: str | FamilyCollate | None = None
+         ) -> MixdataDataset:
     """An IterableDataset of this rank's batches over one or several built stages.
 
     - `path_or_url`: a shard folder, a `manifest.json`, or any fsspec URL of either (local,
@@ -46,12 +49,22 @@ def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1
       more or fewer ranks; see `loading.order`. A state taken with other canonical ranks or
       another global batch is refused, unless `approximate_resume=True` (then its epoch
       restarts at the same fraction, see `loading.dataset`).
+    - `collate`: None for mixdata's batch contract (`loading.collate`: shifted labels, uint8
+      views, tile spans), or a model family (`"idefics3"`, `"llava-next"`, `"qwen2vl"`,
+      `"internvl"`, or a `FamilyCollate` with options) for `ModelBatch`es holding exactly
+      that HF model's forward keyword arguments, labels unshifted (`loading.families`). The
+      shards must be in that family's dialect.
     """
     urls = [path_or_url] if isinstance(path_or_url, (str, os.PathLike)) else list(path_or_url)
     if not urls:
         raise MixdataError("load needs at least one shard folder or manifest")
     manifests = [read_manifest(url) for url in urls]
-    spec = batch_spec(manifests, [str(u) for u in urls])
+    collator = None
+    if collate is None:
+        spec = batch_spec(manifests, [str(u) for u in urls])
+    else:
+        collator = _family_collator(collate, manifests, [str(u) for u in urls])
+        spec = collator.spec
     config = LoadConfig(batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer,
                         epochs=epochs, drop_last=drop_last, streams=streams,
                         max_failures=max_failures, canonical_ranks=canonical_ranks,
@@ -64,7 +77,20 @@ def load(path_or_url, batch_size: int, *, seed: int = 0, shuffle_buffer: int = 1
             raise MixdataError(f"{url}: the manifest lists no sequences")
     rank, world_size = placement(rank, world_size)
     return MixdataDataset(components, spec, config, rank=rank, world_size=world_size,
-                          pattern=_pattern(components, weights, seed))
+                          pattern=_pattern(components, weights, seed), collator=collator)
+
+
+def _family_collator(collate, manifests: list[Manifest], urls: list[str]) -> FamilyCollator:
+    """One family collator for every dataset mixed, which must batch alike."""
+    collators = [family_collator(collate, m, url) for m, url in zip(manifests, urls)]
+    for collator, url in zip(collators, urls):
+        if (collator.spec, collator.geometry) != (collators[0].spec, collators[0].geometry):
+            raise MixdataError(f"{url} does not batch like {urls[0]}: {collator.spec} vs "
+                               f"{collators[0].spec}")
+    tokenizers = {m.dialect.tokenizer_sha256 for m in manifests}
+    if len(tokenizers) > 1:
+        raise MixdataError(f"the datasets were tokenized differently ({sorted(tokenizers)})")
+    return collators[0]
 
 
 def _pattern(components: list[Component], weights, seed: int) -> np.ndarray | None:

@@ -123,8 +123,8 @@ def cut_row(seq: PackedSequence, spec: BatchSpec) -> Row:
     return Row(seq, images, spans)
 
 
-def _row_arrays(seq: PackedSequence, length: int) -> tuple[np.ndarray, ...]:
-    """labels, position_ids and doc_ids of one row (see the module docstring)."""
+def row_arrays(seq: PackedSequence, length: int) -> tuple[np.ndarray, ...]:
+    """labels (shifted), position_ids and doc_ids of one row (see the module docstring)."""
     n = len(seq.tokens)
     doc_of = np.repeat(np.arange(len(seq.docs) - 1), np.diff(seq.docs))
     labels = np.full(length, -100, np.int64)
@@ -200,7 +200,7 @@ def collate(rows: list[Row], spec: BatchSpec,
     for b, row in enumerate(rows):
         n = len(row.seq.tokens)
         input_ids[b, :n] = row.seq.tokens
-        labels[b], positions[b], doc_ids[b] = _row_arrays(row.seq, length)
+        labels[b], positions[b], doc_ids[b] = row_arrays(row.seq, length)
         bounds.append(b * length + row.seq.docs[:-1])
         bounds.append([b * length + n] if n < length else [])
         spans += [np.column_stack([np.full(len(runs), b), runs]) for runs in row.spans]

@@ -38,16 +38,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import MixdataError
 from ..lifeline import die_with_parent
-from .collate import (
-    BatchSpec,
-    PixelMemory,
-    Row,
-    RowFailed,
-    collate,
-    cut_row,
-    normalize_pixels,
-    shared_pixels,
-)
+from .collate import BatchSpec, PixelMemory, Row, RowFailed, normalize_pixels, shared_pixels
+from .families import default_collator
 from .order import Component, Split, shuffle_order, worker_streams
 from .reader import MAX_WORKERS, FailureRun, LoadStats, Positions, chunked, fill_failures, shuffled
 
@@ -87,11 +79,16 @@ class LoadConfig:
 
 
 class MixdataDataset(IterableDataset):
-    """Batches (dicts, see `mixdata.loading.collate`) of one rank, endless unless `epochs`."""
+    """Batches (dicts, see `mixdata.loading.collate`, or a family's `ModelBatch`es, see
+    `mixdata.loading.families`) of one rank, endless unless `epochs`."""
 
     def __init__(self, components: list[Component], spec: BatchSpec, config: LoadConfig, *,
-                 rank: int, world_size: int, pattern: np.ndarray | None = None) -> None:
+                 rank: int, world_size: int, pattern: np.ndarray | None = None,
+                 collator=None) -> None:
         self.components, self.spec, self.config = components, spec, config
+        # how rows are checked and batched: the contract collate, or a model family's
+        # (`loading.families`); either has `cut(seq) -> Row` and `collate(rows, allocate)`
+        self.collator = collator or default_collator(spec)
         self.rank, self.world_size, self.pattern = rank, world_size, pattern
         self.samples = components[0].samples if pattern is None else len(pattern)
         self._streams = config.streams
@@ -185,14 +182,14 @@ class MixdataDataset(IterableDataset):
         rows: list[Row | None] = []
         for seq in sequences:
             try:
-                rows.append(cut_row(seq, self.spec))
+                rows.append(self.collator.cut(seq))
             except MixdataError as err:
                 self._row_failed(err)
                 rows.append(None)
         while True:
             filled = fill_rows(rows)
             try:
-                return collate(filled, self.spec, allocate)
+                return self.collator.collate(filled, allocate)
             except RowFailed as err:  # rare: collate again without the row
                 self._row_failed(err)
                 rows = [None if row is filled[err.row] else row for row in rows]

@@ -256,7 +256,7 @@ def chat_prompt(tok: ModelTokenizer, parts, plans, params) -> Prompt:
 
 def render_model(sample: Sample, plans, tok: ModelTokenizer, *, tokens_per_tile: int,
                  seq_len: int, loss: str, on_overflow: str) -> list[RenderedDoc]:
-    """`mixdata.tokens.render` for a model tokenizer (see the module docstrings)."""
+    """`mixdata.tokens.rendering` for a model tokenizer (see the module docstrings)."""
     params = family_params(tok, plans[0].tile, tokens_per_tile) if plans else {}
     sft = sample.kind == "sft"
     supervised = loss == "all" or sample.kind in CAPTION_KINDS

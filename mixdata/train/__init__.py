@@ -8,7 +8,9 @@ Modules: `config` (the recipe's `train:` section), `vision` / `connector` / `lm`
 (the network and its presets), `attention` (document-isolated attention), `lora`, `optim`,
 `loop` (one stage's steps), `stage` (set-up and hand-over), `checkpoint`, `metrics` and
 `flops` (throughput, MFU), `ddp` (process group), `parallel` (FSDP2 / DDP, activation
-checkpointing, bf16), `data`, `batch`, `evaluate`, `report`, `run`.
+checkpointing, bf16), `data`, `batch`, `evaluate`, `report`, `run`; `hf` (real models: HF
+VLM folders and composed vision tower + LM, `train.model: {hf: ...}` / `{vision: ..., lm:
+...}`).
 """
 from __future__ import annotations
 

@@ -25,6 +25,22 @@ train:
 Everything has a default, so `train: {model: tiny}` trains every stage of the recipe.
 `batch_tokens` fixes gradient accumulation: micro_batch × seq_len × ranks × accumulation.
 
+Real models (`mixdata.train.hf`, needs the `hf` extra):
+- `model: {hf: DIR}`: an HF VLM folder (Idefics3/SmolVLM, LLaVA-NeXT, Qwen2-VL/Qwen2.5-VL,
+  InternVL; local or any fsspec URL), trained on shards built with that model's tokenizer
+  folder as `tokenizer:` (its dialect). Optional `attention` (auto, sdpa, flex_attention,
+  flash_attention_2, eager) and `lr` (the learning rate of stages that name none, 1e-4).
+- `model: {vision: DIR, lm: DIR, connector: {kind: pixel_shuffle, shuffle: 2}}`: an HF
+  vision tower (SigLIP, SigLIP2, CLIP) and causal LM (Llama, Qwen2, SmolLM2) joined by
+  mixdata's connector (or `{kind: mlp}`, LLaVA's MLP per patch, or `{kind: perceiver,
+  latents: 64}`), on idefics3-dialect shards (`tokenizer: {path: LM_DIR, add_tokens: true}`
+  with an `idefics3` image preset).
+- `trainable` and `lr` name the same three modules, mapped onto each architecture's own
+  vision tower, connector (projector / merger) and language model (with its head).
+- Each stage's `final/` is a `save_pretrained` folder (tokenizer and processor included,
+  LoRA merged) that `AutoModelForImageTextToText.from_pretrained` opens; the next stage
+  starts from it.
+
 `parallel` (see `mixdata/train/parallel.py`):
 - `strategy: fsdp` shards parameters, gradients and optimizer state over the ranks with
   FSDP2 (`torch.distributed.fsdp.fully_shard`), one unit per transformer block plus the
@@ -45,7 +61,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import Invalid, parse
-from ..errors import RecipeError
+from ..errors import MixdataError, RecipeError
+from .hf.spec import ComposedModelSpec, HFModelSpec, real_model_spec
 
 MODULES = ("vision", "connector", "lm")
 Mode = Literal["frozen", "full", "lora"]
@@ -56,7 +73,7 @@ class ModelSpec:
     """Which architecture to build: a size preset and the choices a recipe may override."""
 
     preset: Literal["tiny", "small", "base"] = "tiny"
-    connector: Literal["pixel_shuffle", "perceiver"] | None = None  # None: the preset's
+    connector: Literal["pixel_shuffle", "mlp", "perceiver"] | None = None  # None: the preset's
     perceiver_latents: int | None = None  # tokens per tile of the perceiver resampler
     attention: Literal["auto", "sdpa", "flex"] = "auto"
 
@@ -159,7 +176,7 @@ class ParallelSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    model: Literal["tiny", "small", "base"] | ModelSpec = "tiny"
+    model: Literal["tiny", "small", "base"] | ModelSpec | HFModelSpec | ComposedModelSpec = "tiny"
     micro_batch: int = 8
     checkpoint_every: int = 100
     seed: int | None = None          # None: the recipe's seed
@@ -174,8 +191,21 @@ class TrainConfig:
             raise Invalid("checkpoint_every", self.checkpoint_every, "a positive number of steps")
 
     @property
+    def real_model(self) -> bool:
+        """A real (HF) model rather than a built-in preset: `mixdata.train.hf` trains it."""
+        return isinstance(self.model, (HFModelSpec, ComposedModelSpec))
+
+    @property
     def model_spec(self) -> ModelSpec:
+        """The built-in preset's spec (not defined for a real model)."""
+        if self.real_model:
+            raise MixdataError(f"train.model is a real model ({self.model.label}), not a "
+                               "built-in preset; the held-out eval runs for the presets only")
         return self.model if isinstance(self.model, ModelSpec) else ModelSpec(preset=self.model)
+
+    @property
+    def model_label(self) -> str:
+        return self.model.label if self.real_model else self.model_spec.preset
 
     def stage(self, name: str) -> StageTrain:
         return self.stages.get(name, StageTrain())
@@ -183,7 +213,11 @@ class TrainConfig:
 
 def parse_train(recipe) -> TrainConfig:
     """The recipe's `train:` section as a TrainConfig; unknown stages are errors."""
-    config = parse(TrainConfig, recipe.train or {}, "train", recipe.file)
+    raw = dict(recipe.train or {})
+    real = real_model_spec(raw.get("model"))
+    if real is not None:  # parsed on its own, so an error names its keys, not a preset's
+        raw["model"] = parse(real, raw["model"], "train.model", recipe.file)
+    config = parse(TrainConfig, raw, "train", recipe.file)
     for name in config.stages:
         if name not in recipe.stages:
             raise RecipeError(f"train.stages.{name}", name,

@@ -17,7 +17,9 @@ from torch import nn
 
 @dataclass(frozen=True, kw_only=True)
 class ConnectorConfig:
-    kind: Literal["pixel_shuffle", "perceiver"] = "pixel_shuffle"
+    # mlp: LLaVA-1.5 / Prismatic's 2-layer GELU MLP on every patch (pixel_shuffle without
+    # the shuffle, so `shuffle` is ignored)
+    kind: Literal["pixel_shuffle", "mlp", "perceiver"] = "pixel_shuffle"
     shuffle: int = 2          # pixel shuffle factor f
     latents: int = 64         # perceiver: tokens per tile
     layers: int = 2           # perceiver: cross-attention layers
@@ -27,10 +29,15 @@ class ConnectorConfig:
         """Output tokens per tile for a vision grid of `grid` × `grid` patches."""
         if self.kind == "perceiver":
             return self.latents
-        if grid % self.shuffle:
+        if grid % self.factor:
             raise ValueError(f"a {grid}x{grid} patch grid cannot be pixel-shuffled by "
-                             f"{self.shuffle}")
-        return (grid // self.shuffle) ** 2
+                             f"{self.factor}")
+        return (grid // self.factor) ** 2
+
+    @property
+    def factor(self) -> int:
+        """The pixel shuffle factor the connector applies (1 for `mlp`)."""
+        return 1 if self.kind == "mlp" else self.shuffle
 
 
 def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -45,8 +52,8 @@ def pixel_shuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
 class PixelShuffleConnector(nn.Module):
     def __init__(self, config: ConnectorConfig, vision_dim: int, lm_dim: int):
         super().__init__()
-        self.factor = config.shuffle
-        self.fc1 = nn.Linear(vision_dim * config.shuffle ** 2, lm_dim)
+        self.factor = config.factor
+        self.fc1 = nn.Linear(vision_dim * self.factor ** 2, lm_dim)
         self.fc2 = nn.Linear(lm_dim, lm_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -54,16 +54,18 @@ def stage_tile(policy) -> int:
     return tile
 
 
-def open_data(folder: Path, plan: StepPlan, ctx: Dist, *, seed: int, workers: int | None = None):
+def open_data(folder: Path, plan: StepPlan, ctx: Dist, *, seed: int, workers: int | None = None,
+              collate=None):
     """An endless, resumable stream of this rank's micro-batches from the stage's shards.
 
     `mixdata.load` splits the shards over ranks with equal batches per rank, so no rank runs
     dry first; its DataLoader workers (default: 1 on CPU, where cores are scarce, 4 on GPU)
-    decode images while the model computes.
+    decode images while the model computes. `collate`: None for the batch contract (the
+    built-in model), or a model family's (`mixdata.loading.families`) for an HF model.
     """
     if workers is None:
         workers = 4 if ctx.device.type == "cuda" else 1
     dataset = load(str(folder), batch_size=plan.micro_batch, seed=seed, rank=ctx.rank,
-                   world_size=ctx.world_size)
+                   world_size=ctx.world_size, collate=collate)
     return dataset.loader(num_workers=workers, pin_memory=ctx.device.type == "cuda",
                           persistent_workers=workers > 0)

@@ -1,6 +1,6 @@
 """Held-out evaluation: VQA accuracy, OCR exact match and caption loss.
 
-Every example is rendered exactly as training data is (`mixdata.tokens.render` with the
+Every example is rendered exactly as training data is (`mixdata.tokens.rendering` with the
 stage's image policy), so eval measures what the stage taught, not a prompt mismatch.
 - VQA: each choice is the assistant answer of an SFT prompt (image + question); the choice
   whose answer tokens (and the closing `<|end|>`) have the highest log-likelihood wins.

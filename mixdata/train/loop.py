@@ -56,6 +56,9 @@ class StageRun:
     pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     parallel: ParallelSpec = field(default_factory=ParallelSpec)
+    # how batches reach the model (`to_device`, `inputs`, `meter`): None for the batch
+    # contract and the built-in VLM (`ContractFeed`); `mixdata.train.hf.feed.HFFeed` for HF
+    feed: object | None = None
 
 
 def to_device(batch: dict, device: torch.device, mean, std) -> dict:
@@ -66,15 +69,40 @@ def to_device(batch: dict, device: torch.device, mean, std) -> dict:
     return moved
 
 
+CONTRACT_INPUTS = ("input_ids", "position_ids", "doc_ids", "pixel_values", "tile_spans")
+
+
 def model_inputs(batch: dict) -> tuple:
-    return (batch["input_ids"], batch["position_ids"], batch["doc_ids"], batch["pixel_values"],
-            batch["tile_spans"])
+    return tuple(batch[key] for key in CONTRACT_INPUTS)
+
+
+def contract_inputs(batch: dict) -> dict:
+    """The built-in VLM's forward keyword arguments from a device batch."""
+    return dict(zip(CONTRACT_INPUTS, model_inputs(batch)))
+
+
+class ContractFeed:
+    """The batch contract fed to the built-in VLM (pixels normalised on the device)."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = mean, std
+
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        return to_device(batch, device, self.mean, self.std)
+
+    def inputs(self, batch: dict) -> dict:
+        return contract_inputs(batch)
+
+    def meter(self, model) -> _Meter:
+        return _Meter(model)
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list[dict], *, ctx: Dist,
-               grad_clip: float | None, mixed_precision: str = "auto") -> tuple[float, int]:
+               grad_clip: float | None, mixed_precision: str = "auto",
+               inputs=contract_inputs) -> tuple[float, int]:
     """One optimizer step over device batches; returns (mean loss, supervised tokens), global.
-    `mixed_precision` as in `train.parallel` (parallel.autocast decides the context)."""
+    `mixed_precision` as in `train.parallel` (parallel.autocast decides the context);
+    `inputs(batch)` gives the model's keyword arguments; `batch["labels"]` are pre-shifted."""
     local = sum(int((b["labels"] != IGNORE).sum()) for b in micro_batches)
     total = int(all_sum(ctx, torch.tensor(local, dtype=torch.int64, device=ctx.device)))
     if total == 0:
@@ -86,7 +114,7 @@ def train_step(model, optimizer, scheduler, micro_batches: list[dict], *, ctx: D
         last = index == len(micro_batches) - 1
         with accumulating(model, last):
             with autocast(model, ctx.device, mixed_precision):
-                logits = model(*model_inputs(batch))
+                logits = model(**inputs(batch))
             loss_sum, _ = token_losses(logits, batch["labels"])
             (loss_sum * scale).backward()
         summed += loss_sum.detach()
@@ -126,7 +154,8 @@ def train_stage(model, wrapped, optimizer, scheduler, data: BatchSource, run: St
     Returns the losses of the steps run in this call.
     """
     start = _maybe_resume(model, optimizer, scheduler, data, run, ctx, resume)
-    meter, peak = _Meter(model), peak_flops(ctx.device)
+    feed = run.feed or ContractFeed(run.pixel_mean, run.pixel_std)
+    meter, peak = feed.meter(model), peak_flops(ctx.device)
     stream = iter(data)
     bar = tqdm(total=run.plan.steps, initial=start, desc=f"train {run.name}", unit="step",
                disable=not (progress and ctx.is_main), dynamic_ncols=True)
@@ -134,11 +163,12 @@ def train_stage(model, wrapped, optimizer, scheduler, data: BatchSource, run: St
     for step in range(start, run.plan.steps):
         began = time.perf_counter()
         host = [next(stream) for _ in range(run.plan.accumulation)]
-        device_batches = [to_device(b, ctx.device, run.pixel_mean, run.pixel_std) for b in host]
+        device_batches = [feed.to_device(b, ctx.device) for b in host]
         waited = time.perf_counter() - began
         loss, supervised = train_step(wrapped, optimizer, scheduler, device_batches, ctx=ctx,
                                       grad_clip=run.spec.grad_clip,
-                                      mixed_precision=run.parallel.mixed_precision)
+                                      mixed_precision=run.parallel.mixed_precision,
+                                      inputs=feed.inputs)
         elapsed = time.perf_counter() - began
         counts = all_sum(ctx, meter.measure(host)).tolist()
         losses.append(loss)

@@ -37,6 +37,12 @@ def train_recipe(recipe, *, stage: str = "all", out: str | Path | None = None,
     ctx = init_distributed(device)
     try:
         _check_fresh(run_dir, names, resume)
+        if config.real_model:  # an HF VLM or a composed tower + LM: mixdata.train.hf
+            from .hf.run import train_hf
+
+            train_hf(recipe, config, names, run_dir, ctx, resume=resume, progress=progress,
+                     workers=workers)
+            return run_dir
         from ..tokens import load_tokenizer
 
         tokenizer = load_tokenizer(recipe.tokenizer)
