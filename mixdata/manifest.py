@@ -9,7 +9,8 @@ per shard its counts and sha256. It also accounts for every record read
 (`SourceAccount`: read = written + rejected + unused, each counted on its own).
 
 Everything in it is a function of the recipe, the inputs and the seed, so two builds give the
-same bytes, except `run`, which holds what depends on the network (retries per source).
+same bytes, except `run`, which holds what depends on the network (retries per source) and
+on the machines (tasks re-run after their worker died).
 """
 from __future__ import annotations
 
@@ -115,9 +116,13 @@ class PackingInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class RunInfo:
-    """What depends on the run rather than on the recipe and inputs."""
+    """What depends on the run rather than on the recipe and inputs: `retries`, reads
+    retried per source (network); `task_retries`, task attempts re-run by phase ("prepare",
+    "plan", "write") because their worker or node died (`--engine ray`), only phases with
+    any, so a run without is `{}`."""
 
     retries: dict[str, int] = field(default_factory=dict)
+    task_retries: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,8 @@ from build_fixtures import write_corpus, write_recipe
 
 from mixdata.building import build_stage
 from mixdata.building import plan as plan_module
+from mixdata.building import pool as pool_module
+from mixdata.building import stage as stage_module
 from mixdata.building.accounts import AccountingError
 from mixdata.errors import MixdataError
 from mixdata.manifest import read_manifest
@@ -129,10 +131,28 @@ def test_shards_read_with_stock_webdataset_and_datasets(built):
     assert len(ds) == len(samples)
 
 
-def test_same_bytes_for_any_worker_count(corpus, built, tmp_path):
+def test_same_bytes_for_any_worker_count(corpus, built, tmp_path, monkeypatch):
     recipe, outs = built
+    small = build_stage(recipe, "pretrain", out=tmp_path / "small", workers=2, progress=False)
+    assert not json.loads((small / "timings.json").read_text())["pool_started"]  # < 1 s work
+    monkeypatch.setattr(pool_module, "START_AFTER_S", 0)  # the pool, though the build is small
     again = build_stage(recipe, "pretrain", out=tmp_path / "w2", workers=2, progress=False)
-    assert _digest(again) == _digest(outs["pretrain"])
+    assert json.loads((again / "timings.json").read_text())["pool_started"]
+    assert _digest(again) == _digest(small) == _digest(outs["pretrain"])
+
+
+def test_plan_chunks_packed_on_the_pool_give_the_same_bytes(corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(stage_module, "CHUNK_DOCS", 16)  # several chunks from the tiny corpus
+    monkeypatch.setattr(pool_module, "START_AFTER_S", 0)
+    recipe = load_recipe(write_recipe(corpus))
+    digests, chunks = {}, {}
+    for workers in (1, 2):
+        seen: list[str] = []
+        out = build_stage(recipe, "sft", out=tmp_path / f"w{workers}", workers=workers,
+                          progress=False, on_result=lambda phase, done: seen.append(phase))
+        digests[workers], chunks[workers] = _digest(out), seen.count("plan")
+        assert json.loads((out / "timings.json").read_text())["pool_started"] == (workers > 1)
+    assert digests[1] == digests[2] and chunks[1] == chunks[2] > 2
 
 
 def test_remix_reuses_prepared_units(corpus, tmp_path):

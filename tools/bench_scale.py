@@ -1,7 +1,12 @@
-"""Benchmark of the plan phase at scale (issue 16): time per document and peak RSS of the
-whole plan phase, the chunked plan against the old one, side by side in one run.
+"""Benchmarks at scale (issue 16), each part side by side in one run.
+
+- `plan`: time per document and peak RSS of the whole plan phase, the chunked plan against
+  the old one (below).
+- `build`: `mixdata build` end to end on the demo corpus at a large scale, `--workers 1` vs
+  2 and `--engine ray` vs local (`tools/scale_builds.py` says how).
 
     PYTHONPATH=. .venv/bin/python tools/bench_scale.py --docs 100000 1000000 10000000
+    PYTHONPATH=. .venv/bin/python tools/bench_scale.py --parts build --scale 20 1 --repeats 2
 
 The plan phase is everything between prepared units and shard tasks: read the lengths,
 exact dedup, the mixture schedule, packing, and shard grouping with every shard's hash.
@@ -330,6 +335,16 @@ def main(argv=None) -> None:
                     help="largest size the old plan is run at (it grows superlinearly)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
     ap.add_argument("--tmp", default=None, help="scratch folder (default: a temp folder)")
+    ap.add_argument("--parts", nargs="+", choices=("plan", "build"), default=["plan", "build"],
+                    help="which benchmarks to run (default: both)")
+    ap.add_argument("--scale", type=float, nargs="+", default=[20, 1],
+                    help="build: demo corpus scales, each measured on its own (default 20, "
+                         "where prepare takes over a minute on one worker, and 1, a small "
+                         "build that should not pay for a pool)")
+    ap.add_argument("--repeats", type=int, default=2, help="build: runs of each configuration")
+    ap.add_argument("--configs", nargs="+", choices=("w1", "w2", "ray"),
+                    default=["w1", "w2", "ray"], help="build: which builds (ray needs the "
+                    "ray extra)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -337,17 +352,27 @@ def main(argv=None) -> None:
         run = child_new if spec["kind"] == "new" else child_old
         print(json.dumps(run(spec["paths"], Path(spec["extra"]))))
         return
-    with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.tmp) as tmp:
-        tmp = Path(tmp)
-        args.old_package = old_package(args.old_ref, tmp / "oldpkg")
-        rows = []
-        for n in args.docs:
-            (tmp / "new").mkdir()
-            (tmp / "old").mkdir()
-            rows.append(measure(n, tmp, args))
-    print(report(rows))
-    print()
-    print(projection(rows))
+    if "plan" in args.parts:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.tmp) as tmp:
+            tmp = Path(tmp)
+            args.old_package = old_package(args.old_ref, tmp / "oldpkg")
+            rows = []
+            for n in args.docs:
+                (tmp / "new").mkdir()
+                (tmp / "old").mkdir()
+                rows.append(measure(n, tmp, args))
+        print(report(rows))
+        print()
+        print(projection(rows))
+        print()
+    if "build" in args.parts:
+        import scale_builds  # beside this file
+
+        for scale in args.scale:
+            with tempfile.TemporaryDirectory(prefix="bench-builds-", dir=args.tmp) as tmp:
+                runs = scale_builds.measure(scale, args.repeats, Path(tmp), args.configs)
+            print(scale_builds.report(runs, scale))
+            print()
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def geometry(recipe, stage) -> Geometry:
 
 
 def build_manifest(recipe, stage_name: str, plan: StagePlan,
-                   stats: dict[str, list[UnitStats]], shard_infos: list[dict]) -> Manifest:
+                   stats: dict[str, list[UnitStats]], shard_infos: list[dict],
+                   task_retries: dict[str, int] | None = None) -> Manifest:
     stage = recipe.stages[stage_name]
     seq_len = recipe.stage_seq_len(stage_name)
     real, n_seq = plan.tokens, plan.sequences
@@ -97,4 +98,5 @@ def build_manifest(recipe, stage_name: str, plan: StagePlan,
                             efficiency=round(real / (n_seq * seq_len), 6) if n_seq else 0.0,
                             max_images=stage.pack.max_images, max_tiles=stage.pack.max_tiles),
         versions=_versions(),
-        run=RunInfo(retries={s: sum(u.retries for u in units) for s, units in stats.items()}))
+        run=RunInfo(retries={s: sum(u.retries for u in units) for s, units in stats.items()},
+                    task_retries=dict(sorted((task_retries or {}).items()))))

@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 from bisect import bisect_right
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
-from itertools import pairwise
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,13 +70,6 @@ class SequenceRefs(NamedTuple):
     unit: np.ndarray     # int32
     row: np.ndarray      # int32
 
-    def sequences(self, names, paths) -> list[list[tuple[str, str, int]]]:
-        """Per sequence [(source name, unit cache path, row)], what `write` assembles."""
-        src, unit, row = self.source.tolist(), self.unit.tolist(), self.row.tolist()
-        docs = [(names[s], paths[names[s]][u], r) for s, u, r in zip(src, unit, row)]
-        bounds = self.offsets.tolist()
-        return [docs[a:b] for a, b in pairwise(bounds)]
-
 
 @dataclass(frozen=True)
 class StagePlan:
@@ -90,9 +83,13 @@ class StagePlan:
     window_deviation: float             # largest share deviation over 1,000-sequence windows
     per_source: dict[str, SourcePlan]
 
-    def shard_ranges(self, per_shard: int) -> list[range]:
-        return [range(i, min(i + per_shard, self.sequences))
-                for i in range(0, self.sequences, per_shard)]
+    def shard_count(self, per_shard: int) -> int:
+        return -(-self.sequences // per_shard)
+
+    def shard_ranges(self, per_shard: int) -> Iterator[range]:
+        """The sequences of each shard, shard by shard (lazily: a shard at a time)."""
+        for i in range(0, self.sequences, per_shard):
+            yield range(i, min(i + per_shard, self.sequences))
 
     def refs(self, first: int, count: int) -> SequenceRefs:
         """The document references of `count` sequences from `first` (any chunks)."""
@@ -141,18 +138,46 @@ def stage_budget(stage, seq_len: int, mean_len: dict[str, float], shares: dict[s
     return amount
 
 
+class PackTask(NamedTuple):
+    """What packing one chunk needs, and nothing else (it travels to a worker): per scheduled
+    document its length, images, views and source index; the stage's limits."""
+
+    length: np.ndarray   # int32
+    images: np.ndarray   # int32
+    views: np.ndarray    # int32
+    source: np.ndarray   # int16
+    seq_len: int
+    caps: tuple[int | None, int | None]   # max images, max views per sequence
+
+    @classmethod
+    def of(cls, chunk: ScheduledChunk, seq_len: int, caps) -> PackTask:
+        cols = chunk.columns
+        return cls(*(np.asarray(cols[k], np.int32) for k in ("length", "images", "views")),
+                   np.asarray(chunk.source, np.int16), seq_len, tuple(caps))
+
+
+def pack_task(task: PackTask):
+    """Pack one chunk (pure: numpy arrays in, `pack.Packed` out)."""
+    return pack_arrays(task.length, task.seq_len, images=task.images, views=task.views,
+                       group=task.source, max_images=task.caps[0], max_views=task.caps[1])
+
+
 def pack_chunk(chunk: ScheduledChunk, seq_len: int, caps: tuple[int | None, int | None]):
     """Pack one scheduled chunk (pure: numpy arrays in, `pack.Packed` out)."""
-    cols = chunk.columns
-    return pack_arrays(cols["length"], seq_len, images=cols["images"], views=cols["views"],
-                       group=chunk.source, max_images=caps[0], max_views=caps[1])
+    return pack_task(PackTask.of(chunk, seq_len, caps))
+
+
+PackMap = Callable[[Iterator[PackTask]], Iterator]  # packs tasks, results in task order
 
 
 def plan_stage(stage, sources: dict[str, SourceInput], *, seq_len: int, seed: int,
                folder: Path, chunk_docs: int = CHUNK_DOCS,
-               on_chunk: Callable[[int], None] | None = None) -> StagePlan:
+               on_chunk: Callable[[int], None] | None = None,
+               pack_map: PackMap | None = None) -> StagePlan:
     """Plan one stage (module docstring) into `folder`; `on_chunk(documents)` reports
-    progress. MixError (a MixdataError) when the mixture cannot be scheduled."""
+    progress; `pack_map` packs the chunks elsewhere (an engine's ordered map; default: one
+    after the other, here). MixError (a MixdataError) when the mixture cannot be
+    scheduled."""
     from ..mix import normalise
 
     folder = Path(folder)
@@ -172,11 +197,25 @@ def plan_stage(stage, sources: dict[str, SourceInput], *, seq_len: int, seed: in
     reducer = _Reducer(schedule.names, [tables[s] for s in schedule.names], folder, shares,
                        limit, has_budget=stage.budget is not None)
     caps = (stage.pack.max_images, stage.pack.max_tiles)
-    for chunk in schedule:
-        if not reducer.add(chunk, pack_chunk(chunk, seq_len, caps)):
-            break
-        if on_chunk is not None:
-            on_chunk(len(chunk.source))
+    chunks: deque[ScheduledChunk] = deque()  # scheduled, not yet reduced (a map's window)
+
+    def tasks() -> Iterator[PackTask]:
+        for chunk in schedule:
+            chunks.append(chunk)
+            yield PackTask.of(chunk, seq_len, caps)
+
+    packed_chunks = (pack_map or partial(map, pack_task))(tasks())
+    try:
+        for packed in packed_chunks:
+            chunk = chunks.popleft()
+            if not reducer.add(chunk, packed):
+                break
+            if on_chunk is not None:
+                on_chunk(len(chunk.source))
+    finally:
+        close = getattr(packed_chunks, "close", None)
+        if close is not None:  # a sequences budget stops early: drop what is in flight
+            close()
     plan = reducer.finish()
     for done in folder.glob("columns-*.bin"):
         done.unlink()

@@ -1,62 +1,248 @@
-"""The build's process pool: tasks in order, inline or in spawned workers that die with it.
+"""Where a build's tasks run: the engine contract, and the local engine (a process pool).
 
-`Executor(workers)` runs `map(fn, tasks)` inline when `workers <= 1`, else in a spawn-based
-`ProcessPoolExecutor` whose workers call `lifeline.die_with_parent` first, so a build that is
-SIGKILLed leaves no process behind. The pool starts on the first map that has more than one
-task, so a build with nothing to do (every unit cached, every shard final) never pays the
-start-up of spawned interpreters. Results come back in task order, which keeps everything that
-depends on them deterministic.
+An engine's `map(fn, tasks, phase, bar, cached=)` yields `fn(task)` for each task, **in task
+order**, whoever computed it; that is what keeps everything downstream deterministic. It
+pulls tasks lazily and keeps at most `window` of them submitted and undelivered, so a phase
+of a million shards holds a few dozen task objects at a time, never the list. `cached(task)`,
+when given, runs in the build's own process first: a result already on disk (a prepared unit,
+a final shard) comes back from there and never reaches a worker. `on_result(phase, done)` is
+called after each delivered result with the phase's count so far (over every map of that
+phase): tests crash a build at an exact point with it. `retries[phase]` counts the task
+attempts an engine re-ran because their worker died (Ray's retries; the local engine has
+none), over every map of that phase.
 
-`on_result(phase, done)` is called after each result with the phase's count so far (over
-every map of that phase): tests pass one in to crash a build at an exact point.
+`Executor(workers)` is the local engine: inline when `workers <= 1`, else a spawn-based
+`ProcessPoolExecutor` whose workers call `lifeline.die_with_parent` first, so a SIGKILLed
+build leaves no process behind. Its tasks run inline until they have taken `START_AFTER_S`
+(1 s) in all, and the pool starts at the next two that need a worker (`cached` said no): a
+small build, whose work would take less than starting the workers (each imports the package
+afresh: about a second, on every core at once), never pays for them, and a large one loses
+at most that second of parallelism. A map with `may_start=False` uses a running pool but
+never starts one. The Ray
+engine (`ray_engine.RayEngine`) implements the same contract.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
+from typing import Any, Protocol
 
+from ..errors import MixdataError
 from ..lifeline import die_with_parent
 
 TaskHook = Callable[[str, int], None]
+ENGINES = ("local", "ray")
+RAY_LOOPBACK = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a Ray node on 127.0.0.1 only
+# Ray's waits when a driver connects to a cluster (its defaults add up to ~10 minutes when
+# nothing answers at the address): 2 attempts, each at most 5 s to reach the GCS and 10 s for
+# its reply. Read by Ray when it is imported.
+CONNECT_ENV = {"RAY_gcs_server_port_wait_time_s": "2",
+               "RAY_gcs_rpc_server_connect_timeout_s": "5",
+               "RAY_py_gcs_connect_timeout_s": "10"}
+WINDOW_PER_WORKER = 4   # tasks in flight per worker: enough that none waits on the parent
+MIN_WINDOW = 16         # ... and room for small tasks to run past a long one at the head
+START_AFTER_S = 1.0     # inline task time before the local pool starts (module docstring)
+
+
+class Engine(Protocol):
+    """What `stage.build_stage` runs its phases on (see the module docstring)."""
+
+    name: str                           # "local" or "ray"
+
+    @property
+    def workers(self) -> int: ...       # tasks it runs at once (sizes the budget rounds)
+
+    @property
+    def started(self) -> bool: ...      # whether it started workers (a pool, a Ray client)
+
+    @property
+    def retries(self) -> dict[str, int]: ...  # re-run attempts by phase (module docstring)
+
+    def map(self, fn: Callable, tasks: Iterable, phase: str, bar=None, *,
+            cached: Callable | None = None, may_start: bool = True) -> Iterator: ...
+
+    def close(self) -> None: ...
+
+
+class _Slot:
+    """One task's place in the output order: its result, or the handle that will give it."""
+
+    __slots__ = ("done", "handle", "result", "task")
+
+    def __init__(self, task) -> None:
+        self.task, self.handle, self.result, self.done = task, None, None, False
+
+
+class OrderedEngine:
+    """The ordered, windowed `map` shared by the engines; subclasses say how a task is
+    submitted (`_submit`, returning a handle), waited for (`_wait`) and abandoned
+    (`_abandon`), and whether workers exist (`_ready`) or can be started (`_can_start`,
+    `_start`). A task no worker takes runs inline, when it is delivered; workers start only
+    once inline tasks have taken `start_after_s` in all."""
+
+    start_after_s = 0.0
+
+    def __init__(self, on_result: TaskHook | None = None) -> None:
+        self.on_result = on_result
+        self.inline_s = 0.0  # time spent running tasks here, over every map
+        self._counts: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+
+    @property
+    def window(self) -> int:
+        return max(MIN_WINDOW, WINDOW_PER_WORKER * self.workers)
+
+    def map(self, fn: Callable, tasks: Iterable, phase: str, bar=None, *,
+            cached: Callable | None = None, may_start: bool = True) -> Iterator:
+        queue: deque[_Slot] = deque()
+        waiting: list[_Slot] = []   # needing a worker, before one exists
+        try:
+            for task in tasks:
+                slot = _Slot(task)
+                queue.append(slot)
+                hit = cached(task) if cached is not None else None
+                if hit is not None:
+                    slot.result, slot.done = hit, True
+                elif self._ready():
+                    slot.handle = self._submit(fn, task)
+                elif may_start and self._can_start() and self.inline_s >= self.start_after_s:
+                    waiting.append(slot)
+                    if len(waiting) > 1:
+                        self._start()
+                        self._submit_all(fn, waiting)
+                inline = slot.handle is None and not slot.done and not waiting
+                while queue and (queue[0].done or inline or len(queue) >= self.window):
+                    yield self._deliver(fn, self._pop(queue, waiting), phase, bar)
+            while queue:
+                yield self._deliver(fn, self._pop(queue, waiting), phase, bar)
+        finally:
+            self._abandon([s.handle for s in queue if s.handle is not None])
+
+    @staticmethod
+    def _pop(queue: deque[_Slot], waiting: list[_Slot]) -> _Slot:
+        slot = queue.popleft()
+        if waiting and waiting[0] is slot:  # the one task waiting for a worker runs inline
+            waiting.clear()
+        return slot
+
+    def _submit_all(self, fn: Callable, slots: list[_Slot]) -> None:
+        for slot in slots:
+            slot.handle = self._submit(fn, slot.task)
+        slots.clear()
+
+    def _deliver(self, fn: Callable, slot: _Slot, phase: str, bar) -> Any:
+        if not slot.done and slot.handle is None:
+            started = time.perf_counter()
+            slot.result = fn(slot.task)
+            self.inline_s += time.perf_counter() - started
+        elif not slot.done:
+            slot.result, retried = self._wait(slot.handle)
+            if retried:
+                self.retries[phase] = self.retries.get(phase, 0) + retried
+        if bar is not None:
+            bar.update(1)
+        self._counts[phase] = self._counts.get(phase, 0) + 1
+        if self.on_result is not None:
+            self.on_result(phase, self._counts[phase])
+        return slot.result
+
+    # What a subclass provides.
+    workers: int
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _can_start(self) -> bool:
+        """Whether this engine has workers to start (False: it runs everything inline)."""
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _submit(self, fn: Callable, task) -> Any:
+        raise NotImplementedError
+
+    def _wait(self, handle) -> tuple[Any, int]:
+        """The task's result, and how many times it was re-run after its worker died."""
+        raise NotImplementedError
+
+    def _abandon(self, handles: list) -> None:
+        raise NotImplementedError
 
 
 def _worker_start(parent: int) -> None:
     die_with_parent(parent)
 
 
-class Executor:
-    """Runs tasks inline (workers <= 1) or in a lazily started, spawn-based process pool."""
+class Executor(OrderedEngine):
+    """The local engine: inline (workers <= 1) or a lazily started spawn process pool;
+    `start_after_s` (default `START_AFTER_S`, read when made): inline time before it starts."""
 
-    def __init__(self, workers: int, on_result: TaskHook | None = None):
+    name = "local"
+
+    def __init__(self, workers: int, on_result: TaskHook | None = None,
+                 start_after_s: float | None = None) -> None:
+        super().__init__(on_result)
         self.workers = max(1, int(workers))
-        self.on_result = on_result
+        self.start_after_s = START_AFTER_S if start_after_s is None else start_after_s
         self._pool: ProcessPoolExecutor | None = None
-        self._done: dict[str, int] = {}
 
     @property
     def started(self) -> bool:
         return self._pool is not None
 
-    def map(self, fn, tasks: Iterable, phase: str, bar=None) -> list:
-        tasks = list(tasks)
-        if self.workers > 1 and len(tasks) > 1 and self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
-                                             initializer=_worker_start,
-                                             initargs=(os.getpid(),))
-        results = self._pool.map(fn, tasks) if self._pool is not None else map(fn, tasks)
-        out = []
-        for result in results:
-            out.append(result)
-            if bar is not None:
-                bar.update(1)
-            self._done[phase] = self._done.get(phase, 0) + 1
-            if self.on_result is not None:
-                self.on_result(phase, self._done[phase])
-        return out
+    def _ready(self) -> bool:
+        return self._pool is not None
+
+    def _can_start(self) -> bool:
+        return self.workers > 1
+
+    def _start(self) -> None:
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                         initializer=_worker_start, initargs=(os.getpid(),))
+
+    def _submit(self, fn: Callable, task) -> Future:
+        return self._pool.submit(fn, task)
+
+    def _wait(self, handle: Future) -> tuple[Any, int]:
+        return handle.result(), 0  # a dead pool worker breaks the pool: no retries here
+
+    def _abandon(self, handles: list[Future]) -> None:
+        for future in handles:
+            future.cancel()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
+
+
+def open_engine(engine: str, workers: int, on_result: TaskHook | None = None,
+                address: str | None = None) -> Engine:
+    """The engine named `engine` ("local" or "ray"); `address` (Ray only): an existing
+    cluster's, else a private Ray instance of `workers` CPUs on this machine. Ray is imported
+    here and nowhere else, only when asked for."""
+    if engine == "local":
+        if address is not None:
+            raise MixdataError("--address is the address of a Ray cluster: use it with "
+                               "--engine ray")
+        return Executor(workers, on_result)
+    if engine != "ray":
+        raise MixdataError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    # Both read when Ray is first imported (a user's own values win).
+    if address is None:  # its private node then listens on 127.0.0.1, never on the network
+        os.environ.setdefault(RAY_LOOPBACK, "0")
+    else:
+        for key, value in CONNECT_ENV.items():
+            os.environ.setdefault(key, value)
+    try:
+        from .ray_engine import RayEngine
+    except ModuleNotFoundError as err:
+        if err.name != "ray" and not (err.name or "").startswith("ray."):
+            raise
+        raise MixdataError("--engine ray needs Ray: pip install 'mixdata[ray]'") from None
+    return RayEngine(workers, on_result, address=address)

@@ -19,7 +19,7 @@ import pyarrow.ipc as ipc
 
 from ..errors import RecordRejected, Reject
 from ..image import process
-from ..recipe import parse_recipe
+from ..recipe import Recipe
 from ..sample import Sample
 from ..sources import open_source
 from ..sources.filtering import dedup_key, read_clean
@@ -47,10 +47,11 @@ SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class UnitTask:
-    """Everything a worker process needs to prepare one unit (picklable, no open handles)."""
+    """Everything a worker process needs to prepare one unit (picklable, no open handles).
+    The recipe travels parsed (a few KB): a worker never parses YAML nor resolves `demo://`
+    itself, so it reads exactly the paths the build resolved, with none of its set-up."""
 
-    recipe_file: str | None
-    recipe_raw: dict
+    recipe: Recipe
     stage: str
     source: str
     unit: str
@@ -142,31 +143,39 @@ class UnitStats:
 
 
 class _Context:
-    """Per-process cache of the parsed recipe, tokenizer and adapters."""
+    """Per-process cache of the recipe's tokenizer and of the adapters opened so far (each
+    source on its first unit: a worker never imports the readers of sources it never sees)."""
 
     def __init__(self):
-        self.key = None
+        self.recipe, self.sources = None, {}
 
     def get(self, task: UnitTask):
-        raw = json.dumps(task.recipe_raw, sort_keys=True, default=str)
-        key = (task.recipe_file, raw, task.stage)
-        if key != self.key:
-            recipe = parse_recipe(task.recipe_raw, file=task.recipe_file)
-            self.recipe, self.tokenizer = recipe, recipe_tokenizer(recipe)
-            self.sources = {n: open_source(s) for n, s in recipe.sources.items()}
-            self.key = key
+        if task.recipe != self.recipe:
+            self.recipe, self.sources = task.recipe, {}
+            self.tokenizer = recipe_tokenizer(task.recipe)
+        if task.source not in self.sources:
+            self.sources[task.source] = open_source(self.recipe.sources[task.source])
         return self.recipe, self.tokenizer, self.sources[task.source]
 
 
 _CONTEXT = _Context()
 
 
+def cached_stats(task: UnitTask) -> UnitStats | None:
+    """The unit's UnitStats when it is already prepared, else None."""
+    try:
+        return UnitStats.from_json(json.loads(Path(task.path + ".json").read_text()))
+    except FileNotFoundError:
+        return None
+
+
 def prepare_unit(task: UnitTask) -> UnitStats:
     """Prepare one unit into `task.path` + `.arrow` (documents), `.rejects.jsonl` and `.json`
     (the UnitStats, written last: a unit is finished exactly when it exists)."""
     done = Path(task.path + ".json")
-    if done.exists():
-        return UnitStats.from_json(json.loads(done.read_text()))
+    cached = cached_stats(task)
+    if cached is not None:
+        return cached
     recipe, tokenizer, source = _CONTEXT.get(task)
     stage = recipe.stages[task.stage]
     dedup = recipe.sources[task.source].filters.dedup
@@ -210,5 +219,4 @@ def task_for(recipe, stage: str, source: str, unit: str, cache_dir: Path) -> Uni
     key = unit_key(recipe, stage, source, unit)
     folder = cache_dir / source
     folder.mkdir(parents=True, exist_ok=True)
-    return UnitTask(recipe_file=recipe.file, recipe_raw=recipe.raw, stage=stage, source=source,
-                    unit=unit, path=str(folder / key))
+    return UnitTask(recipe=recipe, stage=stage, source=source, unit=unit, path=str(folder / key))

@@ -31,6 +31,9 @@ def summary_table(manifest: Manifest) -> str:
     retries = {k: v for k, v in manifest.run.retries.items() if v}
     if retries:
         lines.append("retried reads: " + ", ".join(f"{k} {v}" for k, v in retries.items()))
+    if manifest.run.task_retries:
+        lines.append("tasks re-run after their worker died: " + ", ".join(
+            f"{k} {v}" for k, v in manifest.run.task_retries.items()))
     return "\n".join(lines)
 
 

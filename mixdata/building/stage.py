@@ -1,7 +1,9 @@
 """Building one stage: prepare (parallel, cached) -> plan (from lengths) -> write (parallel,
 atomic) -> rejects, accounting check and manifest (last).
 
-The manifest is byte-identical for the same recipe, inputs and seed whatever the worker count
+Every phase runs its tasks on one engine (`pool.Engine`: the local process pool, or Ray),
+through the same ordered map, so nothing here depends on where a task ran. The manifest is
+byte-identical for the same recipe, inputs and seed whatever the engine and worker count
 (its `run` section aside, which holds network retries). A unit whose readers hit damage, a
 record that fails a step: both are counted rejects, never a crashed build; a source that
 rejects more than its `max_reject_ratio` stops it with an error saying what to check.
@@ -10,7 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,26 +27,47 @@ from ..manifest import write_manifest
 from ..sources import open_source
 from ..storage import remove_temp_files, write_json_atomic
 from .manifest import build_manifest
-from .plan import PREPARE_MARGIN, SourceInput, plan_stage, prefix_length, shard_hash, stage_budget
-from .pool import Executor, TaskHook
-from .prepare import UnitStats, prepare_unit, task_for
+from .plan import (
+    CHUNK_DOCS,
+    PREPARE_MARGIN,
+    SourceInput,
+    pack_task,
+    plan_stage,
+    prefix_length,
+    shard_hash,
+    stage_budget,
+)
+from .pool import Engine, TaskHook, open_engine
+from .prepare import UnitStats, cached_stats, prepare_unit, task_for
 from .rejects import RejectGuard, write_rejects
-from .write import ShardTask, write_shard_task
+from .write import ShardTask, final_info, write_shard_task
+
+# A plan of one chunk is packed here (nothing to overlap). Packing alone starts workers for
+# a plan of at least PLAN_ENGINE_DOCS documents (about 3 s of packing on one core, more than
+# starting a pool costs); an engine already running packs any plan of two chunks or more.
+PLAN_ENGINE_DOCS = 1 << 21
 
 
 @dataclass(frozen=True, kw_only=True)
 class BuildOptions:
     """How a build runs (none of it changes what it writes).
 
-    `workers`: processes for the prepare and write phases; `progress`: bars on stderr;
-    `strict`: stop at the first reject; `on_result(phase, done)`: called after each finished
-    unit ("prepare") and shard ("write"), e.g. by tests that crash a build at a given point.
+    `workers`: processes for the prepare, plan and write phases (for `engine="ray"` without
+    an address, the CPUs of its private Ray instance); `progress`: bars on stderr; `strict`:
+    stop at the first reject; `on_result(phase, done)`: called after each finished unit
+    ("prepare"), plan chunk ("plan") and shard ("write"), e.g. by tests that crash a build at
+    a given point; `engine`: "local" (a process pool) or "ray", or an engine already open
+    (`pool.open_engine`), which the build then uses and leaves open, e.g. for several stages
+    on one Ray instance; `address`: an existing Ray cluster's (`ray start --head` prints it;
+    "auto" finds it), else Ray starts privately.
     """
 
     workers: int = 1
     progress: bool = True
     strict: bool = False
     on_result: TaskHook | None = None
+    engine: str | Engine = "local"
+    address: str | None = None
 
 
 def default_out(recipe, stage: str) -> Path:
@@ -49,12 +76,13 @@ def default_out(recipe, stage: str) -> Path:
 
 def build_stage(recipe, stage_name: str, out: str | Path | None = None, *, workers: int = 1,
                 progress: bool = True, strict: bool = False,
-                on_result: TaskHook | None = None) -> Path:
+                on_result: TaskHook | None = None, engine: str | Engine = "local",
+                address: str | None = None) -> Path:
     """Build `stage_name` of `recipe` into `out` (default `shards/<recipe>/<stage>`); returns
     the folder, which then holds the shards, `manifest.json`, `rejects.jsonl` and
     `timings.json`. See `BuildOptions` for the keyword arguments."""
     options = BuildOptions(workers=workers, progress=progress, strict=strict,
-                           on_result=on_result)
+                           on_result=on_result, engine=engine, address=address)
     if stage_name not in recipe.stages:
         raise MixdataError(f"stage {stage_name!r} is not in recipe {recipe.name!r}; "
                            f"stages: {', '.join(recipe.stages)}")
@@ -63,23 +91,30 @@ def build_stage(recipe, stage_name: str, out: str | Path | None = None, *, worke
     out = Path(out) if out is not None else default_out(recipe, stage_name)
     out.mkdir(parents=True, exist_ok=True)
     remove_temp_files(out)
-    timings, started = {}, time.perf_counter()
-    executor = Executor(options.workers, options.on_result)
+    owned = isinstance(options.engine, str)
+    executor = open_engine(options.engine, options.workers, options.on_result,
+                           options.address) if owned else options.engine
+    timings, started = {"engine": executor.name}, time.perf_counter()
+    retried_before = dict(executor.retries)  # an engine shared by stages counts them all
     try:
         stats = _prepare(recipe, stage_name, out / ".prepare", executor, options)
         timings["prepare_s"] = time.perf_counter() - started
         t = time.perf_counter()
-        plan = _plan(recipe, stage_name, stats, out, options)
+        plan = _plan(recipe, stage_name, stats, out, executor, options)
         timings["plan_s"] = time.perf_counter() - t
         t = time.perf_counter()
         shard_infos = _write(recipe, stage_name, out, plan, stats, executor, options)
         timings["write_s"] = time.perf_counter() - t
+        timings["workers"] = executor.workers  # before close: Ray's is asked of the cluster
     finally:
         timings["pool_started"] = executor.started
-        executor.close()
-    manifest = build_manifest(recipe, stage_name, plan, stats, shard_infos)
+        if owned:
+            executor.close()
+    task_retries = {phase: n - retried_before.get(phase, 0)
+                    for phase, n in executor.retries.items() if n > retried_before.get(phase, 0)}
+    manifest = build_manifest(recipe, stage_name, plan, stats, shard_infos, task_retries)
     write_rejects(out, [u for s in stats for u in stats[s]])
-    timings.update(total_s=time.perf_counter() - started, workers=executor.workers)
+    timings.update(total_s=time.perf_counter() - started, task_retries=task_retries)
     write_json_atomic(out / "timings.json", timings)
     write_manifest(out, manifest)
     return out
@@ -90,7 +125,7 @@ def _bar(desc: str, total: int | None, progress: bool, unit: str):
                 dynamic_ncols=True)
 
 
-def _prepare(recipe, stage_name: str, cache: Path, executor: Executor,
+def _prepare(recipe, stage_name: str, cache: Path, executor: Engine,
              options: BuildOptions) -> dict[str, list[UnitStats]]:
     """Prepare each source's minimal unit prefix for the budget; its UnitStats per source."""
     stage = recipe.stages[stage_name]
@@ -106,10 +141,15 @@ def _prepare(recipe, stage_name: str, cache: Path, executor: Executor,
     bar = _bar("prepare", sum(len(u) for u in units.values()), options.progress, "unit")
 
     def run(wanted: list[tuple[str, int]]) -> None:
-        tasks = [task_for(recipe, stage_name, s, units[s][i], cache) for s, i in wanted]
-        for (s, i), result in zip(wanted, executor.map(prepare_unit, tasks, "prepare", bar)):
-            stats[s][i] = result
-            guard.check(s, result)
+        picks = [(s, units[s][i]) for s, i in wanted]
+        order = _heaviest_first([unit for _, unit in picks])
+        tasks = (task_for(recipe, stage_name, *picks[k], cache) for k in order)
+        with closing(executor.map(prepare_unit, tasks, "prepare", bar,
+                                  cached=cached_stats)) as results:
+            for k, result in _in_order(order, results):
+                s, i = wanted[k]
+                stats[s][i] = result
+                guard.check(s, result)  # in unit order, whatever finished first
 
     need = None
     if stage.budget is not None:
@@ -121,6 +161,34 @@ def _prepare(recipe, stage_name: str, cache: Path, executor: Executor,
     prefix = {s: prefix_length(_costs(stats[s], stage.weight_by),
                                None if need is None else need[s]) for s in units}
     return {s: stats[s][:prefix[s]] for s in units}
+
+
+def _heaviest_first(units: list[str]) -> list[int]:
+    """The order to hand units to workers: largest input first, so that no big unit starts
+    last while the other workers sit idle (a round's length is its longest tail). Sizes are
+    of local files (a parquet file's size is shared by its row-group units); with any unit
+    elsewhere (a URL), the given order, as one size lookup per file would cost a request."""
+    files = [unit.split("#", 1)[0] for unit in units]
+    if any("://" in f and not f.startswith("file://") for f in files):
+        return list(range(len(units)))
+    try:
+        sizes = {f: os.path.getsize(f.removeprefix("file://")) for f in set(files)}
+    except OSError:
+        return list(range(len(units)))
+    counts = Counter(files)
+    share = {f: size / counts[f] for f, size in sizes.items()}
+    return sorted(range(len(units)), key=lambda k: (-share[files[k]], k))
+
+
+def _in_order(order: list[int], results) -> Iterator[tuple[int, object]]:
+    """`(k, result)` for k = 0, 1, ..., from results that arrive in `order`'s order, each as
+    soon as every earlier k has arrived too."""
+    held, k = {}, 0
+    for index, result in zip(order, results):
+        held[index] = result
+        while k in held:
+            yield k, held.pop(k)
+            k += 1
 
 
 def _costs(stats: list[UnitStats | None], weight_by: str) -> list[float | None]:
@@ -148,38 +216,58 @@ def _wanted_units(stats, weight_by: str, need, workers: int) -> list[tuple[str, 
     return wanted
 
 
-def _plan(recipe, stage_name: str, stats, out: Path, options: BuildOptions):
+def _plan(recipe, stage_name: str, stats, out: Path, executor: Engine, options: BuildOptions):
     sources = {s: SourceInput(units=tuple(u.unit for u in units),
                               paths=tuple(u.path for u in units),
                               dedup=recipe.sources[s].filters.dedup)
                for s, units in stats.items()}
+    docs = sum(u.docs for units in stats.values() for u in units)
+
+    def pack_map(tasks):
+        return executor.map(pack_task, tasks, "plan", may_start=docs >= PLAN_ENGINE_DOCS)
+
     bar = _bar("plan", None, options.progress, "doc")
     try:
         return plan_stage(recipe.stages[stage_name], sources,
                           seq_len=recipe.stage_seq_len(stage_name), seed=recipe.seed,
-                          folder=out / ".plan", on_chunk=bar.update)
+                          folder=out / ".plan", chunk_docs=CHUNK_DOCS, on_chunk=bar.update,
+                          pack_map=pack_map if docs >= 2 * CHUNK_DOCS else None)
     finally:
         bar.close()
 
 
-def _write(recipe, stage_name: str, out: Path, plan, stats, executor: Executor,
+def _write(recipe, stage_name: str, out: Path, plan, stats, executor: Engine,
            options: BuildOptions) -> list[dict]:
-    stage = recipe.stages[stage_name]
+    """Write every shard; the tasks are made as the engine takes them (a window at a time),
+    so memory does not grow with the number of shards beyond one info dict each."""
+    per_shard = recipe.stages[stage_name].pack.sequences_per_shard
+    _remove_stale_shards(out, plan.shard_count(per_shard))
     paths = {s: [u.path for u in stats[s]] for s in stats}
     keys = {s: [os.path.basename(p) for p in paths[s]] for s in stats}
     context = json.dumps({"recipe": recipe.sha256, "stage": stage_name, "v": 1})
-    tasks = []
-    for n, group in enumerate(plan.shard_ranges(stage.pack.sequences_per_shard)):
-        refs = plan.refs(group.start, len(group))
-        tasks.append(ShardTask(out_dir=str(out), name=f"shard-{n:06d}.tar",
-                               plan_hash=shard_hash(refs, plan.sources, keys, context),
-                               first_index=group.start,
-                               sequences=refs.sequences(plan.sources, paths)))
-    names = {t.name for t in tasks}
-    for stale in out.glob("shard-*.tar"):
-        if stale.name not in names:
-            stale.unlink()
-    bar = _bar("write", len(tasks), options.progress, "shard")
-    infos = executor.map(write_shard_task, tasks, "write", bar)
+
+    def tasks():
+        for n, group in enumerate(plan.shard_ranges(per_shard)):
+            refs = plan.refs(group.start, len(group))
+            yield ShardTask.of(str(out), f"shard-{n:06d}.tar",
+                               shard_hash(refs, plan.sources, keys, context), refs,
+                               plan.sources, paths)
+
+    bar = _bar("write", plan.shard_count(per_shard), options.progress, "shard")
+    with closing(executor.map(write_shard_task, tasks(), "write", bar,
+                              cached=final_info)) as results:
+        infos = list(results)
     bar.close()
     return infos
+
+
+_SHARD_NAME = re.compile(r"shard-(\d{6,})\.tar")
+
+
+def _remove_stale_shards(out: Path, count: int) -> None:
+    """Remove shards of an earlier plan that this one does not have (by name)."""
+    for path in out.glob("shard-*.tar"):
+        match = _SHARD_NAME.fullmatch(path.name)
+        index = int(match.group(1)) if match else count
+        if index >= count or path.name != f"shard-{index:06d}.tar":
+            path.unlink()

@@ -6,7 +6,9 @@ plan for it is unchanged. A shard without a sidecar is rewritten: the bytes are 
 """
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,19 +18,50 @@ import pyarrow.ipc as ipc
 
 from ..shards import PackedSequence, write_shard
 from ..storage import write_json_atomic
+from .plan import SequenceRefs
 
 
 @dataclass(frozen=True)
 class ShardTask:
+    """One shard to write (it travels to a worker): its sequences as the plan's compact
+    references, and the cache paths of just the units they use."""
+
     out_dir: str
     name: str
     plan_hash: str
-    first_index: int
-    sequences: list          # per sequence: [(source, unit cache path, row)]
+    refs: SequenceRefs            # the shard's sequences, refs.first the first one's index
+    sources: tuple[str, ...]      # source names, by refs.source
+    units: dict[int, str]         # (source index << 32 | unit index) -> unit cache path
+
+    @classmethod
+    def of(cls, out_dir: str, name: str, plan_hash: str, refs: SequenceRefs,
+           sources: tuple[str, ...], paths: dict[str, list[str]]) -> ShardTask:
+        used = np.unique(unit_ids(refs)).tolist()
+        units = {u: paths[sources[u >> 32]][u & 0xFFFFFFFF] for u in used}
+        return cls(out_dir, name, plan_hash, refs, sources, units)
+
+    def sequences(self) -> Iterator[list[tuple[str, str, int]]]:
+        """Per sequence [(source name, unit cache path, row)], what `assemble` takes."""
+        refs = self.refs
+        ids, rows = unit_ids(refs).tolist(), refs.row.tolist()
+        bounds = refs.offsets.tolist()
+        for a, b in itertools.pairwise(bounds):
+            yield [(self.sources[ids[i] >> 32], self.units[ids[i]], rows[i]) for i in range(a, b)]
+
+
+def unit_ids(refs: SequenceRefs) -> np.ndarray:
+    """Each referenced document's unit as one int64: source index << 32 | unit index."""
+    return (refs.source.astype(np.int64) << 32) | refs.unit.astype(np.int64)
 
 
 def sidecar(out_dir: str | Path, name: str) -> Path:
     return Path(out_dir) / f".{name}.done.json"
+
+
+def final_info(task: ShardTask) -> dict | None:
+    """The shard's info when it is already final for this plan, else None."""
+    done = finished(task)
+    return None if done is None else done["info"]
 
 
 def finished(task: ShardTask) -> dict | None:
@@ -84,8 +117,8 @@ def write_shard_task(task: ShardTask) -> dict:
     done = finished(task)
     if done is not None:
         return done["info"]
-    sequences = (assemble(f"{task.first_index + i:09d}", docs)
-                 for i, docs in enumerate(task.sequences))
+    sequences = (assemble(f"{task.refs.first + i:09d}", docs)
+                 for i, docs in enumerate(task.sequences()))
     info = asdict(write_shard(Path(task.out_dir) / task.name, sequences))
     write_json_atomic(sidecar(task.out_dir, task.name), {"plan_hash": task.plan_hash,
                                                          "info": info}, indent=None)

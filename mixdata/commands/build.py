@@ -27,8 +27,26 @@ def register(sub) -> None:
                         help="output folder (default shards/<recipe>/<stage>; with --stage all, "
                              "a parent folder that gets one sub-folder per stage)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="worker processes for the prepare and write phases "
-                             "(default: min(4, CPU count)); output is identical for any value")
+                        help="worker processes for the prepare, plan and write phases "
+                             "(default: min(4, CPU count)); with --engine ray and no "
+                             "--address, the CPUs of the private Ray instance; ignored on an "
+                             "existing cluster, which uses all its CPUs. The local pool "
+                             "starts only once a second of work has run in the build's own "
+                             "process, so a small build never pays for it. Output is "
+                             "identical for any value")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="where tasks run: 'local' (default), a process pool on this "
+                             "machine; 'ray', one Ray task per source unit, plan chunk and "
+                             "shard, retried by Ray when its worker or node dies (needs "
+                             "pip install 'mixdata[ray]'). Output is byte-identical for "
+                             "both; the manifest's run.task_retries counts tasks re-run")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="with --engine ray: the existing Ray cluster to run on, as "
+                             "HOST:PORT printed by 'ray start --head', or 'auto' for the "
+                             "cluster started on this machine or named by $RAY_ADDRESS. "
+                             "Every node must see the output folder at the same path and "
+                             "have mixdata installed. Without it, a private Ray instance on "
+                             "127.0.0.1 starts and stops with the build")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first rejected record or damaged unit, naming it "
                              "(default: rejects are counted, and a build stops only when a "
@@ -42,22 +60,27 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..building import build_stage
+    from ..building.pool import open_engine
     from ..building.report import summary_table
     from ..manifest import read_manifest
     from ..recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     stages = list(recipe.stages) if args.stage == "all" else [args.stage]
-    for stage in stages:
-        out = None
-        if args.out:
-            out = Path(args.out) / stage if args.stage == "all" else Path(args.out)
-        folder = build_stage(recipe, stage, out=out, workers=args.workers,
-                             progress=not args.quiet, strict=args.strict)
-        manifest = read_manifest(folder)
-        if args.json:
-            print(json.dumps(manifest.to_json(), indent=1, sort_keys=True))
-        else:
-            print(summary_table(manifest))
-            print(f"wrote {folder}")
+    engine = open_engine(args.engine, args.workers, address=args.address)  # one for all stages
+    try:
+        for stage in stages:
+            out = None
+            if args.out:
+                out = Path(args.out) / stage if args.stage == "all" else Path(args.out)
+            folder = build_stage(recipe, stage, out=out, workers=args.workers,
+                                 progress=not args.quiet, strict=args.strict, engine=engine)
+            manifest = read_manifest(folder)
+            if args.json:
+                print(json.dumps(manifest.to_json(), indent=1, sort_keys=True))
+            else:
+                print(summary_table(manifest))
+                print(f"wrote {folder}")
+    finally:
+        engine.close()
     return 0

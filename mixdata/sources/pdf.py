@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import fsspec
-import pymupdf
 
 from ..errors import RecordRejected, Reject
 from ..sample import ImagePart, Sample, TextPart
 from ..storage import expand, read_bytes
+from .mupdf import pymupdf
 from .pdfrender import PageRenderer, page_pixels
 from .records import RecordSource, TarRecordSource, file_stem, parse_json, require
 from .tario import iter_tar_groups

@@ -21,11 +21,11 @@ import io
 import multiprocessing
 from collections.abc import Iterator
 
-import pymupdf
 from PIL import Image
 
 from ..errors import MixdataError, RecordRejected
 from ..lifeline import die_with_parent
+from .mupdf import pymupdf
 
 JPEG_QUALITY = 90
 STARTUP_TIMEOUT_S = 60.0   # a forked worker answers in milliseconds; spawn takes ~1 s
