@@ -87,31 +87,35 @@ def fixture_sequence(rng: np.random.Generator, key: str, image_rate: float = 0.6
                           images=images, meta={"docs": doc_meta, "images": image_meta})
 
 
-def fixture_manifest(shard_infos: list, seed: int) -> Manifest:
-    """A real Manifest for fixture shards, as a build of this geometry would write it."""
-    limits = view_limits(POLICY)
+def fixture_manifest(shard_infos: list, seed: int, *, seq_len: int = SEQ_LEN,
+                     tokens_per_tile: int = TOKENS_PER_TILE, policy: ImagePolicy = POLICY,
+                     dialect: Dialect | None = None) -> Manifest:
+    """A real Manifest for fixture shards, as a build of this geometry would write it
+    (by default the fixture tokens; pass a tokenizer's `mixdata_dialect` for a real one)."""
+    limits = view_limits(policy)
     tokens = sum(i.tokens for i in shard_infos)
     sequences = sum(i.samples for i in shard_infos)
+    if dialect is None:
+        dialect = Dialect(family="mixdata", tokenizer="fixture", tokenizer_sha256="0" * 64,
+                          chat_template_sha256=None, vocab_size=256 + len(SPECIAL_IDS),
+                          special_ids={"pad": PAD, "image": IMAGE},
+                          special_tokens={"pad": "<pad>", "image": "<image>"},
+                          tokens_per_tile=tokens_per_tile, placeholders="views",
+                          geometry=stage_geometry(policy))
     return Manifest(
         recipe=RecipeInfo(name="fixture", sha256="0" * 64, snapshot={}), stage="fixture",
-        seed=seed, seq_len=SEQ_LEN, image_tokens_per_tile=TOKENS_PER_TILE,
-        dialect=Dialect(family="mixdata", tokenizer="fixture", tokenizer_sha256="0" * 64,
-                        chat_template_sha256=None, vocab_size=256 + len(SPECIAL_IDS),
-                        special_ids={"pad": PAD, "image": IMAGE},
-                        special_tokens={"pad": "<pad>", "image": "<image>"},
-                        tokens_per_tile=TOKENS_PER_TILE, placeholders="views",
-                        geometry=stage_geometry(POLICY)),
-        image_policy=POLICY.to_json(),
-        geometry=Geometry(preset=POLICY.preset, tile=limits.tile,
-                          tokens_per_view=TOKENS_PER_TILE, max_rows=limits.max_rows,
+        seed=seed, seq_len=seq_len, image_tokens_per_tile=tokens_per_tile, dialect=dialect,
+        image_policy=policy.to_json(),
+        geometry=Geometry(preset=policy.preset, tile=limits.tile,
+                          tokens_per_view=tokens_per_tile, max_rows=limits.max_rows,
                           max_cols=limits.max_cols, max_views=limits.max_views,
-                          global_view=limits.global_view, mean=POLICY.mean, std=POLICY.std),
+                          global_view=limits.global_view, mean=policy.mean, std=policy.std),
         mixture=MixtureInfo(weight_by="tokens", target_shares={"synthetic": 1.0}, budget=None,
                             max_window_deviation=0.0),
         shards=[ShardEntry(name=i.name, samples=i.samples, tokens=i.tokens, images=i.images,
                            bytes=i.bytes, sha256=i.sha256) for i in shard_infos],
-        sources={}, packing=PackingInfo(seq_len=SEQ_LEN, sequences=sequences, tokens=tokens,
-                                        efficiency=tokens / max(1, sequences * SEQ_LEN)))
+        sources={}, packing=PackingInfo(seq_len=seq_len, sequences=sequences, tokens=tokens,
+                                        efficiency=tokens / max(1, sequences * seq_len)))
 
 
 def write_stage(folder: Path, shard_sizes: list[int], seed: int = 0,

@@ -19,8 +19,7 @@ import webdataset as wds
 from PIL import Image
 
 from mixdata.cli import main
-from mixdata.demo import corpus
-from mixdata.demo.content import OCR_WORDS
+from mixdata.demo import content, corpus
 from mixdata.recipe import load_recipe
 from mixdata.sources.registry import open_source
 from mixdata.storage import expand
@@ -204,8 +203,12 @@ def test_renderedtext_tar(demo, manifest):
         elif "ocr_annotation" not in annotation:
             found["missing_field"] += 1
         else:
-            assert Image.open(io.BytesIO(members["png"])).size == (256, 128)
-            assert all(isinstance(line, str) for line in annotation["ocr_annotation"]["text"])
+            assert Image.open(io.BytesIO(members["png"])).size == content.CODE_SIZE
+            codes = annotation["ocr_annotation"]["text"]  # a training-split code per tile
+            assert len(codes) == content.CODE_SIZE[0] // content.CODE_TILE
+            for code in codes:
+                assert len(code) == content.CODE_LENGTH and code.isdigit()
+                assert not content.held_out(f"code:{code}")
     assert found == manifest["kinds"]["renderedtext"]["malformed"]
 
 
@@ -315,6 +318,23 @@ def _training_captions(demo: Path) -> set[str]:
     return out
 
 
+def _training_codes(demo: Path) -> set[str]:
+    """Every code a training file transcribes or answers with."""
+    out = set()
+    for _key, members in tar_groups(demo / "renderedtext" / "renderedtext-0000.tar").items():
+        out |= set(json.loads(members["json"]).get("ocr_annotation", {}).get("text", []))
+    table = pq.read_table(demo / "sft" / "cauldron" / "ocr-00000.parquet", columns=["texts"])
+    out |= {t["assistant"] for texts in table.column(0).to_pylist() for t in texts}
+    for line in (demo / "sft" / "chat.jsonl").read_text().splitlines():
+        try:
+            messages = json.loads(line).get("messages", [])
+        except ValueError:
+            continue
+        out |= {p["text"] for m in messages if m["role"] == "assistant" for p in m["content"]}
+    assert len({c for c in out if c and c.isdigit()}) > 50
+    return out
+
+
 def _training_image_hashes(demo: Path) -> set[str]:
     files = [p for p in demo.rglob("*.png") if "eval" not in p.parts]
     hashes = {hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
@@ -331,7 +351,9 @@ def test_eval_split_is_held_out(demo, manifest):
     assert counts == {k: manifest["kinds"]["eval"][k] for k in counts}
     captions = {r["image"]: r["caption"] for r in rows["captions"]}
     assert all(r["image"] in captions and r["answer"] in r["choices"] for r in rows["vqa"])
-    assert all(r["answer"] in OCR_WORDS for r in rows["ocr"])
+    codes = {r["answer"] for r in rows["ocr"]}
+    assert all(len(c) == content.CODE_LENGTH and c.isdigit() for c in codes)
+    assert not codes & _training_codes(demo)  # an eval code is read, never remembered
     training = _training_captions(demo)
     assert len(training) > 50
     assert not set(captions.values()) & training
@@ -352,7 +374,7 @@ def test_generation_time_at_scale_1(tmp_path, record_property):
 
 def test_ensure_corpus_generates_once_for_concurrent_callers(monkeypatch, tmp_path):
     monkeypatch.setenv("MIXDATA_CACHE", str(tmp_path))
-    stale = tmp_path / "demo" / ".v1-scale0.05.tmp-99999999"
+    stale = tmp_path / "demo" / f".v{corpus.VERSION}-scale0.05.tmp-99999999"
     stale.mkdir(parents=True)  # left by a crashed generation
     reports, roots = [], []
     callers = [threading.Thread(target=lambda: roots.append(corpus.ensure_corpus(
@@ -361,7 +383,7 @@ def test_ensure_corpus_generates_once_for_concurrent_callers(monkeypatch, tmp_pa
         caller.start()
     for caller in callers:
         caller.join()
-    assert len(set(roots)) == 1 and roots[0] == tmp_path / "demo" / "v1-scale0.05"
+    assert len(set(roots)) == 1 and roots[0] == tmp_path / "demo" / f"v{corpus.VERSION}-scale0.05"
     assert sorted(reports) == sorted(corpus.KINDS)  # one generation, not three
     assert not stale.exists() and corpus.read_manifest(roots[0])["scale"] == 0.05
 

@@ -55,6 +55,39 @@ def test_train_runs_every_stage_then_eval_and_resume(tiny_recipe, tmp_path, caps
     assert list(json.loads((run / "eval.json").read_text())) == stages
 
 
+@pytest.mark.slow  # ~10-20 s: the full chain, then the ablation reusing its pretrain stage
+def test_skip_changes_the_chain_and_the_eval_table(tiny_recipe, tmp_path, capsys):
+    full, ablation = tmp_path / "full", tmp_path / "ablation"
+    common = ["--device", "cpu", "--quiet", "--workers", "1"]
+    assert main(["train", str(tiny_recipe), "--out", str(full), *common]) == 0
+    capsys.readouterr()
+    assert main(["train", str(tiny_recipe), "--out", str(ablation), "--skip", "highres",
+                 "--reuse", str(full), *common]) == 0
+    out = capsys.readouterr().out
+    assert f"stage pretrain: reused {full / 'pretrain' / FINAL}" in out
+    assert f"starting from {ablation / 'pretrain' / FINAL} (highres skipped)" in out
+    assert not (ablation / "highres").exists()
+    assert (ablation / "pretrain" / FINAL).read_bytes() == (full / "pretrain" / FINAL).read_bytes()
+    assert load_file(ablation / "sft" / FINAL)["extra"]["started_from"] == "pretrain"
+    saved = json.loads((ablation / "run.json").read_text())
+    assert (saved["stages"], saved["skipped"]) == (["pretrain", "sft"], ["highres"])
+    table = json.loads((ablation / "eval.json").read_text())
+    assert list(table) == ["pretrain", "sft"]
+    assert table["sft"]["started_from"] == "pretrain"
+    assert json.loads((full / "eval.json").read_text())["sft"]["started_from"] == "highres"
+    assert "sft          pretrain" in out  # the printed table says what SFT started from
+    lines = [json.loads(x) for x in (ablation / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in lines} == {"sft"}  # pretrain was copied, not trained
+
+    # the same folder is not continued with another chain
+    assert main(["train", str(tiny_recipe), "--out", str(ablation), "--resume", *common]) == 1
+    assert "skipped: highres" in capsys.readouterr().err
+    assert main(["eval", str(full), str(ablation), "--saved"]) == 0
+    side = capsys.readouterr().out
+    assert "pretrain > highres > sft" in side and "pretrain > sft" in side
+    assert "difference" in side
+
+
 def test_eval_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 1
     assert "not a training run folder" in capsys.readouterr().err
@@ -68,3 +101,12 @@ def test_token_mismatch_is_reported_before_any_work(tiny_recipe, tmp_path, capsy
     err = capsys.readouterr().err
     assert "image_tokens_per_tile is 16" in err and "makes 9 tokens" in err
     assert not (tmp_path / "shards").exists()
+
+
+def test_bad_stage_seeds_are_refused_before_any_work(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "run"), "--device", "cpu"]
+    assert main(["train", str(DEMO), "--stage-seed", "sft", *out]) == 1
+    assert "expected STAGE=N with an integer N" in capsys.readouterr().err
+    assert main(["train", str(DEMO), "--skip", "highres", "--stage-seed", "highres=2", *out]) == 1
+    assert "--stage-seed highres=...: the run trains no such stage" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

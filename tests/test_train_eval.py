@@ -116,4 +116,4 @@ def test_table_and_json(tmp_path):
     table = json.loads((tmp_path / "eval.json").read_text())
     assert list(table) == ["pretrain", "sft"]
     text = format_table(table)
-    assert "0.750" in text and "2.500" in text and text.splitlines()[2].split()[3] == "-"
+    assert "0.750" in text and "2.500" in text and text.splitlines()[2].split()[4] == "-"

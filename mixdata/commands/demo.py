@@ -21,7 +21,8 @@ def register(sub) -> None:
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="folder to write into: new or empty, or an earlier demo corpus "
                              "(default: the cache that demo:// URIs read, "
-                             "$MIXDATA_CACHE/demo/v1-scale<N>, cache default ~/.cache/mixdata)")
+                             "$MIXDATA_CACHE/demo/v<VERSION>-scale<N>, cache default "
+                             "~/.cache/mixdata)")
     parser.add_argument("--scale", metavar="N", type=float, default=None,
                         help="multiply every record count by N (fractions allowed; each kind "
                              "keeps at least a few records); default $MIXDATA_DEMO_SCALE or 1")

@@ -1,13 +1,15 @@
-"""What the demo corpus talks about: coloured-shape scenes, a small vocabulary, rendered words.
+"""What the demo corpus talks about: coloured-shape scenes, a small vocabulary, digit codes.
 
 Everything here is a pure function of its arguments and a `numpy.random.Generator`, so the
 corpus is reproducible. The content is deliberately small and regular, so that a tiny VLM
 trained for minutes on a CPU can learn it and its eval scores mean something:
 - scenes: 1-3 shapes (6 colours x 4 shapes) at distinct positions on a 64x64 canvas;
 - text: short sentences from a ~50-word vocabulary that also names the colours and shapes;
-- rendered words: ~10 px high, readable only when an image is kept near full resolution.
+- codes: four digits ~14 px high in the first 64 px of a 256 px label, readable only when
+  the label is kept at full resolution (a high-res stage's tiles), not in the pre-training
+  view.
 
-Held-out eval content is chosen by a hash of a scene's (or rendering's) key, so training
+Held-out eval content is chosen by a hash of a scene's (or code's) key, so training
 generators can skip it and the eval generator can draw only from it.
 """
 from __future__ import annotations
@@ -36,8 +38,6 @@ VERBS = ("sees", "likes", "finds", "holds", "paints", "draws")
 PREPOSITIONS = ("near", "under", "behind", "beside")
 VOCABULARY = tuple(sorted(set(COLOURS) | set(SHAPES) | set(POSITIONS) | set(NOUNS)
                           | set(ADJECTIVES) | set(VERBS) | set(PREPOSITIONS) | {"the", "a"}))
-# Words an OCR question may ask for: long enough to need reading, short enough to fit.
-OCR_WORDS = tuple(w for w in VOCABULARY if 3 <= len(w) <= 8)
 
 SCENE_SIDE = 64
 HELD_OUT_SHARE = 1 / 8
@@ -159,54 +159,78 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-TEXT_SIZE = 10  # px: readable at full resolution, a blur once an image is halved
-
-
-def render_lines(lines: list[str], size: tuple[int, int], rng: np.random.Generator,
-                 font_size: int = TEXT_SIZE) -> Image.Image:
-    """Dark text lines on a light background, at a random left margin and top offset."""
-    image = Image.new("RGB", size, (250, 250, 245))
-    draw = ImageDraw.Draw(image)
-    typeface = font(font_size)
-    widest = max(draw.textlength(line, font=typeface) for line in lines)
-    line_height = font_size + 4
-    x = int(rng.integers(2, max(3, size[0] - int(widest) - 2)))
-    y = int(rng.integers(2, max(3, size[1] - line_height * len(lines) - 2)))
-    ink = tuple(int(v) for v in rng.integers(0, 60, size=3))
-    for row, line in enumerate(lines):
-        draw.text((x, y + row * line_height), line, fill=ink, font=typeface)
-    return image
-
-
-OCR_SIZE = (128, 64)  # kept at full size by the SFT policy, halved by the pretrain policy
+# OCR codes: 4-digit codes, the demo's reading task, printed in the first 64 px of a 256 x 64
+# label (a 16 px cell per digit; the rest of the label is blank). The high-res stages keep the
+# label at its size, so the code fills the first tile and each digit (~12 x 14 px) is sharp;
+# pre-training's one 64 px view shrinks the label 4x (each digit ~3 x 4 px, a blur).
+# `mixdata.demo.legibility` measures both.
+DIGITS = "0123456789"
+CODE_LENGTH = 4
+CODE_CELL = 16    # px per digit
+CODE_TILE = 64    # the code's box: the label's first tile
+CODE_SIZE = (4 * CODE_TILE, CODE_TILE)
+CODE_FONT = 20
+CODE_JITTER = (2, 4)   # px a digit's centre moves from its cell's centre, each way (x, y)
+CODE_INK = (20, 20, 20)
+PAPER = (250, 250, 245)
 
 
 @dataclass(frozen=True)
-class WordRender:
-    """Where and how a word is drawn for an OCR question; its key decides the split."""
+class CodeRender:
+    """A code and where each digit's centre sits, as (dx, dy) from its cell's centre.
 
-    word: str
-    column: int  # left margin bucket, 0..7
-    row: int     # top offset bucket, 0..3
+    Its key is the code alone, so a held-out code appears in no training image at all: the
+    eval can only be passed by reading."""
 
+    code: str
+    shifts: tuple[tuple[int, int], ...]
+    tile: int = 0  # which 64 px tile of the label holds it
     @property
     def key(self) -> str:
-        return f"ocr:{self.word}@{self.column},{self.row}"
+        return f"code:{self.code}"
 
 
-def random_word_render(rng: np.random.Generator, *, for_eval: bool = False) -> WordRender:
+def random_code(rng: np.random.Generator, *, for_eval: bool = False) -> str:
     while True:
-        render = WordRender(pick(rng, OCR_WORDS), int(rng.integers(8)), int(rng.integers(4)))
-        if held_out(render.key) == for_eval:
-            return render
+        code = "".join(pick(rng, DIGITS) for _ in range(CODE_LENGTH))
+        if held_out(f"code:{code}") == for_eval:
+            return code
 
 
-def draw_word(render: WordRender) -> Image.Image:
-    image = Image.new("RGB", OCR_SIZE, (250, 250, 245))
+def code_render(code: str, rng: np.random.Generator, tile: int = 0) -> CodeRender:
+    """`code` in tile `tile` with each digit at a random shift."""
+    x = rng.integers(-CODE_JITTER[0], CODE_JITTER[0] + 1, size=len(code))
+    y = rng.integers(-CODE_JITTER[1], CODE_JITTER[1] + 1, size=len(code))
+    return CodeRender(code, tuple((int(a), int(b)) for a, b in zip(x, y)), tile)
+
+
+def random_code_render(rng: np.random.Generator, *, for_eval: bool = False) -> CodeRender:
+    return code_render(random_code(rng, for_eval=for_eval), rng)
+
+
+def digit_boxes(render: CodeRender) -> list[tuple[int, int, int, int]]:
+    """Each digit's ink box (x0, y0, x1, y1) in image pixels, and where it is drawn from."""
+    out = []
+    for index, (digit, (dx, dy)) in enumerate(zip(render.code, render.shifts)):
+        x0, y0, x1, y1 = font(CODE_FONT).getbbox(digit)
+        left = render.tile * CODE_TILE + index * CODE_CELL + CODE_CELL // 2 + dx - (x0 + x1) // 2
+        top = CODE_TILE // 2 + dy - (y0 + y1) // 2
+        out.append((left + x0, top + y0, left + x1, top + y1))
+    return out
+
+
+def draw_code(*renders: CodeRender) -> Image.Image:
+    """A label holding each of `renders` (a code per tile at most)."""
+    image = Image.new("RGB", CODE_SIZE, PAPER)
     draw = ImageDraw.Draw(image)
-    typeface = font(TEXT_SIZE)
-    room = OCR_SIZE[0] - int(draw.textlength(render.word, font=typeface)) - 4
-    x = 2 + room * render.column // 7
-    y = 4 + (OCR_SIZE[1] - TEXT_SIZE - 12) * render.row // 3
-    draw.text((x, y), render.word, fill=(20, 20, 20), font=typeface)
+    for render in renders:
+        for digit, box in zip(render.code, digit_boxes(render)):
+            x0, y0, _, _ = font(CODE_FONT).getbbox(digit)
+            draw.text((box[0] - x0, box[1] - y0), digit, fill=CODE_INK, font=font(CODE_FONT))
     return image
+
+
+def code_sheet(rng: np.random.Generator) -> list[CodeRender]:
+    """Training codes in every tile of a label: four times the reading per image, for the
+    high-res stage (SFT and eval labels hold one code, in the first tile)."""
+    return [code_render(random_code(rng), rng, tile) for tile in range(CODE_SIZE[0] // CODE_TILE)]

@@ -1,9 +1,10 @@
 """Writing the demo corpus, and finding (or generating) the cached copy recipes refer to.
 
 `write_corpus(out_dir, scale)` writes every kind into `out_dir` and `MANIFEST.json` last.
-`ensure_corpus(scale)` returns `$MIXDATA_CACHE/demo/v1-scale<scale>`, generating it first when
-absent: under an exclusive file lock, into a temporary folder that is renamed into place, so
-concurrent callers wait for one generation and a crash never leaves a half-written corpus.
+`ensure_corpus(scale)` returns `$MIXDATA_CACHE/demo/v<VERSION>-scale<scale>`, generating it
+first when absent: under an exclusive file lock, into a temporary folder that is renamed into
+place, so concurrent callers wait for one generation and a crash never leaves a half-written
+corpus.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..errors import MixdataError
 from . import evalset, ocr, pretrain, sft
 from .files import SEED, KindReport, rng_for
 
-VERSION = 1
+VERSION = 2  # 2: OCR digit codes instead of words and sentences in RenderedText
 MANIFEST = "MANIFEST.json"
 GENERATOR = "mixdata.demo"
 MIN_RECORDS = 8  # per kind at tiny scales: room for the malformed records and some good ones
@@ -45,10 +46,10 @@ KINDS: dict[str, Kind] = {
     "dolma": Kind(pretrain.write_dolma, 200, "text/dolma-*.jsonl.gz"),
     "pdfa": Kind(ocr.write_pdfa, 40, "pdfa/pdfa-eng-train-*.tar"),
     "pdf": Kind(ocr.write_pdf, 20, "pdf/*.pdf"),
-    "renderedtext": Kind(ocr.write_renderedtext, 300, "renderedtext/renderedtext-*.tar"),
+    "renderedtext": Kind(ocr.write_renderedtext, 3000, "renderedtext/renderedtext-*.tar"),
     "cauldron_scenes": Kind(partial(sft.write_cauldron, category="scenes"), 400,
                             "sft/cauldron/scenes-*.parquet"),
-    "cauldron_ocr": Kind(partial(sft.write_cauldron, category="ocr"), 200,
+    "cauldron_ocr": Kind(partial(sft.write_cauldron, category="ocr"), 40,
                          "sft/cauldron/ocr-*.parquet"),
     "cauldron_counting": Kind(partial(sft.write_cauldron, category="counting"), 100,
                               "sft/cauldron/counting-*.parquet"),

@@ -1,7 +1,7 @@
 """The held-out eval split: `eval/{vqa,ocr,captions}.jsonl` with images in `eval/images/`.
 
-Scenes and word renderings come only from the held-out side of `content.held_out`, so no
-eval scene (as a whole) and no eval word rendering appears in any training file. VQA
+Scenes and codes come only from the held-out side of `content.held_out`, so no eval scene
+(as a whole) and no eval code appears in any training file. VQA
 questions are asked about the caption images, so a test can check the whole split through
 the captions. Image paths are relative to `eval/`.
 """
@@ -33,10 +33,10 @@ def write_eval(root: Path, scenes: int, words: int, rng: np.random.Generator) ->
                         "choices": list(question.choices)})
     ocr = []
     for index in range(words):
-        render = content.random_word_render(rng, for_eval=True)
-        name = f"images/word-{index:04d}.png"
-        write_bytes(folder / name, png_bytes(content.draw_word(render)))
-        ocr.append({"image": name, "question": OCR_QUESTION, "answer": render.word})
+        render = content.random_code_render(rng, for_eval=True)
+        name = f"images/code-{index:04d}.png"
+        write_bytes(folder / name, png_bytes(content.draw_code(render)))
+        ocr.append({"image": name, "question": OCR_QUESTION, "answer": render.code})
     for split, rows in (("vqa", vqa), ("ocr", ocr), ("captions", captions)):
         write_bytes(folder / f"{split}.jsonl", jsonl_bytes(rows))
     report = KindReport(records=len(vqa) + len(ocr) + len(captions))

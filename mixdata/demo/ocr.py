@@ -1,6 +1,7 @@
 """OCR kinds of the demo corpus: a pdfa-eng-wds tar, a folder of raw PDFs, a RenderedText tar.
 
-Pages and images carry ~9-10 px text: legible to a model only at the high-resolution stage.
+Pages carry ~9-10 px text and the RenderedText images short digit codes
+(`content.draw_code`): legible to a model only at the high-resolution stages' tile size.
 """
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ from .files import (
     png_bytes,
     write_bytes,
 )
-
-RENDERED_SIZE = (256, 128)
 
 
 def _document_pages(rng: np.random.Generator) -> list[list[str]]:
@@ -73,15 +72,17 @@ def write_pdf(root: Path, count: int, rng: np.random.Generator) -> KindReport:
 
 def write_renderedtext(root: Path, count: int, rng: np.random.Generator) -> KindReport:
     """`renderedtext/renderedtext-0000.tar`: `KEY.png` + `KEY.json` holding
-    `{"ocr_annotation": {"text": [lines]}}`."""
+    `{"ocr_annotation": {"text": [code, ...]}}`: a training-split code in each 64 px tile,
+    left to right, the demo's reading lesson."""
     report = KindReport()
     defects = broken_slots(rng, count, ["image_broken", "missing_field"])
     with TarBuilder(root / "renderedtext" / "renderedtext-0000.tar") as tar:
         for index in range(count):
             key, defect = f"{index:07d}", defects.get(index)
-            lines = [content.sentence(rng) for _ in range(int(rng.integers(2, 6)))]
-            image = png_bytes(content.render_lines(lines, RENDERED_SIZE, rng))
-            annotation = {"ocr_annotation": {"text": lines}, "image_size": list(RENDERED_SIZE)}
+            sheet = content.code_sheet(rng)
+            image = png_bytes(content.draw_code(*sheet))
+            annotation = {"ocr_annotation": {"text": [r.code for r in sheet]},
+                          "image_size": list(content.CODE_SIZE)}
             if defect == "image_broken":
                 image = broken_image(rng)
             elif defect == "missing_field":

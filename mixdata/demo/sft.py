@@ -1,6 +1,7 @@
 """SFT kinds of the demo corpus: the_cauldron parquet (three categories), LLaVA JSON and
 chat-messages jsonl. Questions about scenes have one-word answers; OCR questions ask for the
-word drawn in a 128x64 image.
+digit code drawn in a 256x64 image (`content.draw_code`). There are few of them on purpose:
+SFT teaches the question, the high-res stage teaches the reading.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from .files import (
     write_parquet,
 )
 
-OCR_QUESTION = "What word is written?"
+OCR_QUESTION = "What number is written?"
+CHAT_OCR_SHARE = 0.05 # of chat rows: OCR questions
 DESCRIBE = "Describe the image."
 
 CAULDRON_SCHEMA = pa.schema([
@@ -45,9 +47,9 @@ def _scene_image(rng: np.random.Generator, shapes: int) -> tuple[content.Scene, 
     return scene, png_bytes(content.draw_scene(scene, rng))
 
 
-def _word_image(rng: np.random.Generator) -> tuple[str, bytes]:
-    render = content.random_word_render(rng)
-    return render.word, png_bytes(content.draw_word(render))
+def _code_image(rng: np.random.Generator) -> tuple[str, bytes]:
+    render = content.random_code_render(rng)
+    return render.code, png_bytes(content.draw_code(render))
 
 
 def _cauldron_scenes(rng: np.random.Generator) -> tuple[bytes, list[tuple]]:
@@ -56,8 +58,8 @@ def _cauldron_scenes(rng: np.random.Generator) -> tuple[bytes, list[tuple]]:
 
 
 def _cauldron_ocr(rng: np.random.Generator) -> tuple[bytes, list[tuple]]:
-    word, image = _word_image(rng)
-    return image, [(OCR_QUESTION, word)]
+    code, image = _code_image(rng)
+    return image, [(OCR_QUESTION, code)]
 
 
 def _cauldron_counting(rng: np.random.Generator) -> tuple[bytes, list[tuple]]:
@@ -161,8 +163,8 @@ def write_chat(root: Path, count: int, rng: np.random.Generator) -> KindReport:
 
 
 def _chat_row(folder: Path, index: int, rng: np.random.Generator, defect: str | None) -> dict:
-    if rng.random() < 0.3:
-        question, (answer, image) = OCR_QUESTION, _word_image(rng)
+    if rng.random() < CHAT_OCR_SHARE:
+        question, (answer, image) = OCR_QUESTION, _code_image(rng)
     else:
         scene, image = _scene_image(rng, int(rng.integers(1, 3)))
         (question, answer), = scene_turns(rng, scene, 1)

@@ -9,7 +9,8 @@ stage's image policy), so eval measures what the stage taught, not a prompt mism
   `<|end|>` exactly when, with the answer fed in, the arg-max at every answer position is the
   next answer token; so one teacher-forced pass decides the match (`greedy_decode` shows the
   text, and a test checks that the two agree).
-- Captions: mean cross-entropy per caption token given the image.
+- Captions: mean cross-entropy per caption token given the image, and given another
+  caption's image (`shuffled_loss`).
 """
 from __future__ import annotations
 
@@ -137,11 +138,18 @@ def eval_ocr(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
 
 
 def eval_captions(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
-    docs = [render_example(setup, (Path(root) / r["image"]).read_bytes(), [(r["caption"], None)],
-                           "caption") for r in rows]
-    scores = score_docs(model, setup, docs)
-    total = sum(n for _, n, _ in scores)
-    return {"loss": -sum(lp for lp, _, _ in scores) / total, "n": len(rows)}
+    """Caption loss with each caption's own image, and with the images shuffled among the
+    captions (each caption gets the next row's image): the gap is what the images tell the
+    LM. Equal losses mean the model ignores its images."""
+    images = [(Path(root) / r["image"]).read_bytes() for r in rows]
+    shuffled = images[1:] + images[:1] if len(images) > 1 else images
+    losses = []
+    for pairing in (images, shuffled):
+        docs = [render_example(setup, image, [(r["caption"], None)], "caption")
+                for image, r in zip(pairing, rows)]
+        scores = score_docs(model, setup, docs)
+        losses.append(-sum(lp for lp, _, _ in scores) / sum(n for _, n, _ in scores))
+    return {"loss": losses[0], "shuffled_loss": losses[1], "n": len(rows)}
 
 
 def evaluate(model, setup: EvalSetup, root: Path, *, tasks=("vqa", "ocr", "caption"),

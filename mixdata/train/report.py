@@ -1,4 +1,9 @@
-"""Eval after each stage: which split, saving `eval.json` in the run folder, the table."""
+"""Eval after each stage: which split, saving `eval.json` in the run folder, the tables.
+
+`eval.json` maps each stage to its results ({"vqa": ..., "ocr": ..., "caption": ...}) and
+`started_from`, the stage whose weights it started from (None: a fresh initialisation), so a
+run with a skipped stage says so in its own table.
+"""
 from __future__ import annotations
 
 import json
@@ -7,9 +12,11 @@ from pathlib import Path
 from ..errors import MixdataError
 from ..storage import write_json_atomic
 from .evaluate import EvalSetup, evaluate
+from .lineage import RUN_FILE, read_run_file, saved_chain
 
 EVAL_FILE = "eval.json"
-RUN_FILE = "run.json"
+__all__ = ["EVAL_FILE", "RUN_FILE", "compare_runs", "evaluate_run", "evaluate_stage",
+           "format_table", "print_table", "record_eval"]
 
 
 def eval_root(recipe, config) -> Path | None:
@@ -22,8 +29,8 @@ def eval_root(recipe, config) -> Path | None:
     return Path(recipe.demo.ensure()) / "eval"
 
 
-def evaluate_stage(model, recipe, config, stage: str, run_dir: Path, device,
-                   tokenizer) -> dict | None:
+def evaluate_stage(model, recipe, config, stage: str, run_dir: Path, device, tokenizer, *,
+                   started_from: str | None = None) -> dict | None:
     """Evaluate `model` as trained by `stage`, record it in eval.json; None when no split."""
     root = eval_root(recipe, config)
     spec = config.stage(stage).eval
@@ -35,6 +42,7 @@ def evaluate_stage(model, recipe, config, stage: str, run_dir: Path, device,
                       seq_len=recipe.stage_seq_len(stage), device=device,
                       batch_size=spec.batch_size)
     results = evaluate(model, setup, root, tasks=tasks, limit=spec.max_examples)
+    results["started_from"] = started_from
     record_eval(run_dir, stage, results)
     return results
 
@@ -50,13 +58,11 @@ def evaluate_run(run_dir: str | Path, *, stage: str = "all", device: str = "auto
     from .stage import init_model
 
     run_dir = Path(run_dir)
-    try:
-        saved = json.loads((run_dir / RUN_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise MixdataError(f"{run_dir} is not a training run folder ({RUN_FILE}: {err})") from None
+    saved = _run_file(run_dir)
     recipe = parse_recipe(saved["recipe"], file=saved.get("recipe_file"))
+    chain = saved_chain(saved, list(recipe.stages))
     config = parse_train(recipe)
-    names = list(recipe.stages) if stage == "all" else [stage]
+    names = list(chain.stages) if stage == "all" else [stage]
     finished = [n for n in names if (run_dir / n / FINAL).exists()]
     if not finished:
         raise MixdataError(f"{run_dir} has no finished stage among {', '.join(names)}")
@@ -66,9 +72,20 @@ def evaluate_run(run_dir: str | Path, *, stage: str = "all", device: str = "auto
     for name in finished:
         model = init_model(model_config(config.model_spec, tokenizer.vocab_size), seed=0)
         load_weights(run_dir / name / FINAL, model)
+        started = chain.before(name) if name in chain.stages else None
         results[name] = evaluate_stage(model.to(target), recipe, config, name, run_dir, target,
-                                       tokenizer)
+                                       tokenizer, started_from=started)
     return results
+
+
+def _run_file(run_dir: Path) -> dict:
+    try:
+        saved = read_run_file(run_dir)
+    except MixdataError as err:
+        raise MixdataError(f"{run_dir} is not a training run folder ({err})") from None
+    if saved is None:
+        raise MixdataError(f"{run_dir} is not a training run folder (no {RUN_FILE})")
+    return saved
 
 
 def record_eval(run_dir: Path, stage: str, results: dict) -> None:
@@ -78,16 +95,25 @@ def record_eval(run_dir: Path, stage: str, results: dict) -> None:
     write_json_atomic(path, table, sort_keys=False)  # stages in training order
 
 
+def _cell(results: dict, task: str, key: str, width: int) -> str:
+    value = results.get(task, {}).get(key)
+    return f"{value:{width}.3f}" if value is not None else f"{'-':>{width}}"
+
+
+COLUMNS = (("VQA acc", "vqa", "accuracy"), ("chance", "vqa", "chance"),
+           ("OCR EM", "ocr", "exact_match"), ("caption loss", "caption", "loss"),
+           ("shuffled imgs", "caption", "shuffled_loss"))
+
+
 def format_table(table: dict) -> str:
-    """One row per stage: VQA accuracy (and chance), OCR exact match, caption loss."""
-    header = f"{'stage':<12} {'VQA acc':>8} {'chance':>7} {'OCR EM':>7} {'caption loss':>13}"
+    """One row per stage: what it started from, VQA accuracy (and chance), OCR exact match,
+    caption loss with the true images and with the images shuffled among the captions."""
+    header = f"{'stage':<12} {'from':<12}" + "".join(f" {name}" for name, _, _ in COLUMNS)
     lines = [header, "-" * len(header)]
     for stage, results in table.items():
-        vqa, ocr, cap = results.get("vqa", {}), results.get("ocr", {}), results.get("caption", {})
-        cell = lambda d, k, fmt: format(d[k], fmt) if k in d else "-"  # noqa: E731
-        lines.append(f"{stage:<12} {cell(vqa, 'accuracy', '8.3f'):>8} "
-                     f"{cell(vqa, 'chance', '7.3f'):>7} {cell(ocr, 'exact_match', '7.3f'):>7} "
-                     f"{cell(cap, 'loss', '13.3f'):>13}")
+        origin = results.get("started_from") or "-"
+        cells = "".join(" " + _cell(results, task, key, len(name)) for name, task, key in COLUMNS)
+        lines.append(f"{stage:<12} {origin:<12}{cells}")
     return "\n".join(lines)
 
 
@@ -96,3 +122,39 @@ def print_table(run_dir: Path) -> None:
     if path.exists():
         print(f"eval ({path}):")
         print(format_table(json.loads(path.read_text())))
+
+
+METRICS = (("VQA accuracy", "vqa", "accuracy"), ("VQA chance", "vqa", "chance"),
+           ("OCR exact match", "ocr", "exact_match"), ("caption loss", "caption", "loss"),
+           ("caption loss, shuffled images", "caption", "shuffled_loss"))
+
+
+def compare_runs(run_dirs: list[str | Path]) -> str:
+    """Runs side by side, after each one's last evaluated stage: its chain of stages, then
+    one row per metric; with two runs, a last column holds the first minus the second."""
+    columns = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        saved = _run_file(run_dir)
+        path = run_dir / EVAL_FILE
+        table = json.loads(path.read_text()) if path.exists() else {}
+        chain = saved_chain(saved, list(table))
+        done = [s for s in chain.stages if s in table]
+        if not done:
+            raise MixdataError(f"{run_dir} has no evaluated stage ({path})")
+        columns.append((str(run_dir), " > ".join(chain.stages), table[done[-1]]))
+    width = max(24, *(len(c[0]) for c in columns), *(len(c[1]) for c in columns))
+    names = max(len(m[0]) for m in METRICS)
+    diff = len(columns) == 2
+    lines = [f"{'run':<{names}}" + "".join(f"  {c[0]:>{width}}" for c in columns)
+             + ("  difference" if diff else ""),
+             f"{'stages':<{names}}" + "".join(f"  {c[1]:>{width}}" for c in columns)]
+    lines.append("-" * len(lines[0]))
+    for label, task, key in METRICS:
+        values = [c[2].get(task, {}).get(key) for c in columns]
+        row = f"{label:<{names}}" + "".join(
+            f"  {v:>{width}.3f}" if v is not None else f"  {'-':>{width}}" for v in values)
+        if diff and None not in values:
+            row += f"  {values[0] - values[1]:+10.3f}"
+        lines.append(row)
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""The demo's OCR codes are legible at the high-res stages' tile size and not at the
+pre-training size: measured by a template reader on the views the recipe's own image
+policies produce (`mixdata.demo.legibility`), not by eye."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mixdata.demo import content
+from mixdata.demo.legibility import code_reader_accuracy, code_views, code_window
+from mixdata.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def policies():
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
+    return {name: stage.image for name, stage in recipe.stages.items()}
+
+
+def test_codes_are_read_in_tiles_and_not_in_the_pretraining_view(policies):
+    tiles = [code_reader_accuracy(policies[s], seed=seed) for s in ("highres", "sft")
+             for seed in (0, 1)]
+    pretrain = [code_reader_accuracy(policies["pretrain"], seed=seed) for seed in (0, 1)]
+    assert min(tiles) >= 0.95   # every digit told apart (chance 0.1)
+    assert max(pretrain) <= 0.3  # a 4-digit code: at most 0.3 ** 4 < 1% read whole
+    assert code_reader_accuracy(policies["pretrain"], seed=0) == pretrain[0]  # deterministic
+
+
+def test_the_code_fills_the_first_tile_and_shrinks_4x_in_pretraining(policies):
+    render = content.code_render("4071", np.random.default_rng(0))
+    views, plan = code_views(render, policies["highres"])
+    assert (plan.rows, plan.cols, plan.global_view) == (1, 4, "after")
+    assert plan.resized_size == content.CODE_SIZE  # not rescaled: one source px per view px
+    for box in content.digit_boxes(render):
+        grey, (x0, y0, x1, y1) = code_window(views, plan, box, content.CODE_SIZE[0])
+        assert np.array_equal(grey, views[0].astype(float).mean(axis=-1))  # the first tile
+        assert (x1 - x0, y1 - y0) == (box[2] - box[0], box[3] - box[1])
+    assert views[1:4].min() > 200  # the other tiles are blank paper
+    for stage in ("highres", "sft"):  # the same views in both high-res stages
+        again, _ = code_views(render, policies[stage])
+        assert np.array_equal(again, views)
+    small, plan = code_views(render, policies["pretrain"])
+    assert small.shape == (1, 64, 64, 3) and plan.resized_size == (64, 16)
+
+
+def test_each_digit_is_inside_its_box_and_its_cell():
+    jitter_x, jitter_y = content.CODE_JITTER
+    render = content.CodeRender("1830", ((-jitter_x, -jitter_y), (0, jitter_y),
+                                         (jitter_x, jitter_y), (jitter_x, -jitter_y)))
+    pixels = np.asarray(content.draw_code(render)).mean(axis=-1)
+    boxes = content.digit_boxes(render)
+    for index, (x0, y0, x1, y1) in enumerate(boxes):
+        centre = index * content.CODE_CELL + content.CODE_CELL // 2
+        assert abs((x0 + x1) / 2 - centre) <= jitter_x + 1
+        left = max(0, x0 - 1)
+        ink = np.argwhere(pixels[:, left:x1 + 1] < 128) + np.array([0, left])
+        assert len(ink) > 10
+        assert ink[:, 1].min() >= x0 - 1 and ink[:, 1].max() <= x1
+        assert ink[:, 0].min() >= y0 - 1 and ink[:, 0].max() <= y1 and y0 >= 0
+    assert boxes[-1][2] <= content.CODE_TILE and boxes[0][0] >= 0  # all in the first tile
+    assert (pixels[:, content.CODE_TILE:] > 200).all()
