@@ -129,3 +129,13 @@ class TarBuilder:
 
     def __exit__(self, *exc) -> None:
         self._tar.close()
+
+
+def tar_shards(folder: Path, pattern: str, count: int, per_tar: int):
+    """(index, TarBuilder) for records 0..count-1, `per_tar` to a tar named
+    `pattern.format(shard)`: a corpus at a large scale gets more shards, as real ones do,
+    not bigger ones (a shard is a build unit, so its size bounds the build's parallelism)."""
+    for first in range(0, count, per_tar):
+        with TarBuilder(folder / pattern.format(first // per_tar)) as tar:
+            for index in range(first, min(first + per_tar, count)):
+                yield index, tar

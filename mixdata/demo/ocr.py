@@ -12,11 +12,11 @@ import numpy as np
 from . import content, pages
 from .files import (
     KindReport,
-    TarBuilder,
     broken_image,
     broken_slots,
     json_bytes,
     png_bytes,
+    tar_shards,
     write_bytes,
 )
 
@@ -25,24 +25,28 @@ def _document_pages(rng: np.random.Generator) -> list[list[str]]:
     return [pages.text_page_lines(rng) for _ in range(int(rng.integers(2, 4)))]
 
 
+PDFA_PER_TAR = 40            # one tar at scale 1
+RENDEREDTEXT_PER_TAR = 3000  # one tar at scale 1
+
+
 def write_pdfa(root: Path, count: int, rng: np.random.Generator) -> KindReport:
-    """`pdfa/pdfa-eng-train-0000.tar`: `KEY.pdf` + `KEY.json` with 7-digit keys.
-    `extra.pages` counts the pages of the well-formed documents."""
+    """`pdfa/pdfa-eng-train-NNNN.tar`, `PDFA_PER_TAR` documents each: `KEY.pdf` +
+    `KEY.json` with 7-digit keys. `extra.pages` counts the pages of the well-formed documents."""
     report = KindReport()
     defects = broken_slots(rng, count, ["not_a_pdf", "missing_json"])
     page_count = 0
-    with TarBuilder(root / "pdfa" / "pdfa-eng-train-0000.tar") as tar:
-        for index in range(count):
-            key, defect = f"{index:07d}", defects.get(index)
-            data, annotation = pages.make_pdf(_document_pages(rng), rng)
-            if defect == "not_a_pdf":
-                data = pages.garbage_pdf(rng)
-            elif defect is None:
-                page_count += len(annotation)
-            tar.add(f"{key}.pdf", data)
-            if defect != "missing_json":
-                tar.add(f"{key}.json", json_bytes({"pages": annotation}))
-            report.add(defect)
+    for index, tar in tar_shards(root / "pdfa", "pdfa-eng-train-{:04d}.tar", count,
+                                 PDFA_PER_TAR):
+        key, defect = f"{index:07d}", defects.get(index)
+        data, annotation = pages.make_pdf(_document_pages(rng), rng)
+        if defect == "not_a_pdf":
+            data = pages.garbage_pdf(rng)
+        elif defect is None:
+            page_count += len(annotation)
+        tar.add(f"{key}.pdf", data)
+        if defect != "missing_json":
+            tar.add(f"{key}.json", json_bytes({"pages": annotation}))
+        report.add(defect)
     report.extra["pages"] = page_count
     return report
 
@@ -71,23 +75,23 @@ def write_pdf(root: Path, count: int, rng: np.random.Generator) -> KindReport:
 
 
 def write_renderedtext(root: Path, count: int, rng: np.random.Generator) -> KindReport:
-    """`renderedtext/renderedtext-0000.tar`: `KEY.png` + `KEY.json` holding
-    `{"ocr_annotation": {"text": [code, ...]}}`: a training-split code in each 64 px tile,
-    left to right, the demo's reading lesson."""
+    """`renderedtext/renderedtext-NNNN.tar`, `RENDEREDTEXT_PER_TAR` records each: `KEY.png`
+    + `KEY.json` holding `{"ocr_annotation": {"text": [code, ...]}}`: a training-split
+    code in each 64 px tile, left to right, the demo's reading lesson."""
     report = KindReport()
     defects = broken_slots(rng, count, ["image_broken", "missing_field"])
-    with TarBuilder(root / "renderedtext" / "renderedtext-0000.tar") as tar:
-        for index in range(count):
-            key, defect = f"{index:07d}", defects.get(index)
-            sheet = content.code_sheet(rng)
-            image = png_bytes(content.draw_code(*sheet))
-            annotation = {"ocr_annotation": {"text": [r.code for r in sheet]},
-                          "image_size": list(content.CODE_SIZE)}
-            if defect == "image_broken":
-                image = broken_image(rng)
-            elif defect == "missing_field":
-                del annotation["ocr_annotation"]
-            tar.add(f"{key}.png", image)
-            tar.add(f"{key}.json", json_bytes(annotation))
-            report.add(defect)
+    for index, tar in tar_shards(root / "renderedtext", "renderedtext-{:04d}.tar", count,
+                                 RENDEREDTEXT_PER_TAR):
+        key, defect = f"{index:07d}", defects.get(index)
+        sheet = content.code_sheet(rng)
+        image = png_bytes(content.draw_code(*sheet))
+        annotation = {"ocr_annotation": {"text": [r.code for r in sheet]},
+                      "image_size": list(content.CODE_SIZE)}
+        if defect == "image_broken":
+            image = broken_image(rng)
+        elif defect == "missing_field":
+            del annotation["ocr_annotation"]
+        tar.add(f"{key}.png", image)
+        tar.add(f"{key}.json", json_bytes(annotation))
+        report.add(defect)
     return report

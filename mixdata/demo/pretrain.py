@@ -87,7 +87,8 @@ def _obelics_doc(folder: Path, index: int, image_counter: int, rng: np.random.Ge
     return row, image_counter
 
 
-CAPTION_SHARDS = 2
+CAPTION_SHARDS = 2          # at least; more at large scales, as real corpora grow
+CAPTION_PER_SHARD = 600     # pairs per shard at most (one shard bounds the build's parallelism)
 ROWS_FIELDS = ("key", "url", "caption", "status", "error_message", "width", "height",
                "original_width", "original_height", "exif", "sha256")
 IMG2DATASET_SCHEMA = pa.schema([(f, pa.int64() if "width" in f or "height" in f else pa.string())
@@ -101,9 +102,10 @@ def write_caption(root: Path, count: int, rng: np.random.Generator) -> KindRepor
     input row (failed downloads included, absent from the tar) and `NNNNN_stats.json`."""
     report = KindReport()
     defects = broken_slots(rng, count, ["image_truncated", "image_broken", "missing_caption"])
-    per_shard = -(-count // CAPTION_SHARDS)
+    shards = max(CAPTION_SHARDS, -(-count // CAPTION_PER_SHARD))
+    per_shard = -(-count // shards)
     failed_rows = 0
-    for shard in range(CAPTION_SHARDS):
+    for shard in range(shards):
         indices = range(shard * per_shard, min((shard + 1) * per_shard, count))
         failed_rows += _caption_shard(root / "caption", shard, indices, defects, rng, report)
     report.extra["failed_rows"] = failed_rows
