@@ -56,14 +56,38 @@ def run(folder, batches, tmp, *, ctx: Dist, accumulation: int, strategy: str = "
     return losses, {name: tensor.numpy().copy() for name, tensor in weights.items()}
 
 
-def _worker(rank, port, folder, tmp, batches, queue, strategy):
+def on_two_ranks(target, *args, timeout: float = 600) -> dict:
+    """Rank -> what `target(rank, port, *args, queue)` put as `(rank, result, error)`, from 2
+    spawned processes; a rank that fails reports at once, and a hang times out."""
+    context = mp.get_context("spawn")
+    queue, port = context.Queue(), _free_port()
+    procs = [context.Process(target=target, args=(r, port, *args, queue)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    results = {}
+    try:
+        while len(results) < 2:
+            rank, result, error = queue.get(timeout=timeout)
+            assert error is None, f"rank {rank} failed: {error}"
+            results[rank] = result
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    assert all(proc.exitcode == 0 for proc in procs)
+    return results
+
+
+def _worker(rank, port, folder, tmp, batches, strategy, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
     try:
         ctx = Dist(rank, 2, torch.device("cpu"))
-        queue.put((rank, *run(folder, batches[rank::2], tmp / f"r{rank}", ctx=ctx,
-                              accumulation=1, strategy=strategy)))
+        queue.put((rank, run(folder, batches[rank::2], tmp / f"r{rank}", ctx=ctx,
+                             accumulation=1, strategy=strategy), None))
     except Exception as err:  # noqa: BLE001 - reported to the test, which fails at once
         queue.put((rank, None, repr(err)))
     finally:
@@ -83,27 +107,7 @@ def test_two_gloo_ranks_match_one_process(strategy, tmp_path):
             if not any(m["doc"] == d for m in s.meta["images"])][:STEPS]
     assert len(with_images) == len(text) == STEPS
     interleaved = [b for pair in zip(with_images, text) for b in pair]
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    port = _free_port()
-    procs = [context.Process(target=_worker, args=(r, port, setup.folder, tmp_path,
-                                                   interleaved, queue, strategy))
-             for r in range(2)]
-    for proc in procs:
-        proc.start()
-    results = {}
-    try:
-        while len(results) < 2:  # a rank that fails reports at once; a hang times out
-            rank, losses, params = queue.get(timeout=300)
-            assert losses is not None, f"rank {rank} failed: {params}"
-            results[rank] = (losses, params)
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    assert all(proc.exitcode == 0 for proc in procs)
+    results = on_two_ranks(_worker, setup.folder, tmp_path, interleaved, strategy)
     single, params = run(setup.folder, interleaved, tmp_path / "one", ctx=Dist(0, 1, torch.device(
         "cpu")), accumulation=2)
     assert results[0][0] == results[1][0]
@@ -120,27 +124,9 @@ def _recipe_worker(rank, port, recipe, out, queue):
     torch.set_num_threads(1)
     try:
         train_recipe(recipe, out=out, device="cpu", progress=False)
-        queue.put((rank, None))
+        queue.put((rank, True, None))
     except Exception as err:  # noqa: BLE001 - reported to the test, which fails at once
-        queue.put((rank, repr(err)))
-
-
-def train_on_two_ranks(recipe, out) -> None:
-    context = mp.get_context("spawn")
-    queue, port = context.Queue(), _free_port()
-    procs = [context.Process(target=_recipe_worker, args=(r, port, recipe, out, queue))
-             for r in range(2)]
-    for proc in procs:
-        proc.start()
-    try:
-        for _ in procs:
-            rank, error = queue.get(timeout=600)
-            assert error is None, f"rank {rank} failed: {error}"
-    finally:
-        for proc in procs:
-            proc.join(timeout=60)
-            if proc.is_alive():
-                proc.kill()
+        queue.put((rank, None, repr(err)))
 
 
 @pytest.mark.slow
@@ -158,7 +144,7 @@ def test_fsdp_stages_of_an_hf_model_equal_ddp_and_export_whole(tmp_path, monkeyp
     runs = {}
     for strategy in ("ddp", "fsdp"):
         runs[strategy] = tmp_path / strategy
-        train_on_two_ranks(replace(recipe, train={**recipe.train, "parallel": {
+        on_two_ranks(_recipe_worker, replace(recipe, train={**recipe.train, "parallel": {
             "strategy": strategy, "activation_checkpointing": strategy == "fsdp"}}),
             runs[strategy])
     ddp, fsdp = runs["ddp"], runs["fsdp"]
