@@ -134,7 +134,7 @@ def test_shards_read_with_stock_webdataset_and_datasets(built):
 def test_same_bytes_for_any_worker_count(corpus, built, tmp_path, monkeypatch):
     recipe, outs = built
     small = build_stage(recipe, "pretrain", out=tmp_path / "small", workers=2, progress=False)
-    assert not json.loads((small / "timings.json").read_text())["pool_started"]  # < 4 s work
+    assert not json.loads((small / "timings.json").read_text())["pool_started"]  # little work
     monkeypatch.setattr(pool_module, "START_WORK_S", 0)  # the pool, though the build is small
     again = build_stage(recipe, "pretrain", out=tmp_path / "w2", workers=2, progress=False)
     assert json.loads((again / "timings.json").read_text())["pool_started"]

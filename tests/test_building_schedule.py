@@ -1,6 +1,6 @@
 """Prepare's task order and the work estimate that starts the local pool: the pure pieces, then
 the engine fed by them on the demo's measured unit figures (fake clock), where a small build
-never starts a pool and a large one starts it after its first unit."""
+never starts a pool and a large one starts it once each source ran a unit."""
 from __future__ import annotations
 
 import os
@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from mixdata.building import pool as pool_module
 from mixdata.building.pool import Executor
+from mixdata.building.prepare import UnitStats
 from mixdata.building.schedule import PrepareWork, estimate_s, task_order, unit_sizes
-from mixdata.building.stage import PREPARE_AHEAD, _in_order, _timed
+from mixdata.building.stage import PREPARE_AHEAD, _in_order, _projected, _timed
 
 
 def test_largest_first_and_with_sample_each_sources_largest_ahead():
@@ -47,20 +48,20 @@ def test_the_estimate_uses_each_sources_rate_else_the_overall_one():
     assert estimate_s({}, {"a": 100.0}) == 0.0  # nothing timed: nothing to extrapolate
     timed = {"a": (2.0, 100.0), "b": (6.0, 100.0)}  # 0.02 and 0.06 s per byte; 0.04 overall
     assert estimate_s(timed, {"a": 50.0, "b": 10.0, "c": 100.0}) == pytest.approx(
-        8.0 + 50 * 0.02 + 10 * 0.06 + 100 * 0.04)
+        50 * 0.02 + 10 * 0.06 + 100 * 0.04)
 
 
-def test_prepare_work_counts_delivered_units_once_and_times_only_inline_ones():
+def test_prepare_work_counts_each_unit_once_and_times_only_inline_ones():
     work = PrepareWork()
-    work.expect([("a", 10.0), ("a", 10.0), ("b", 30.0)])
+    work.expect([(("a", 0), "a", 10.0), (("a", 1), "a", 10.0), (("b", 0), "b", 30.0)])
     assert work() == 0.0
-    work.done("a", 10.0, 0.0)  # cached: no longer to come, and no rate from it
+    work.done(("a", 0), 0.0)  # cached: no longer to come, and no rate from it
     assert work() == 0.0
-    work.done("a", 10.0, 1.0)
-    assert work() == pytest.approx(1.0 + 30 * 0.1)
-    work.expect([("b", 30.0)])  # a later round of the same stage
-    work.done("b", 30.0, 6.0)
-    assert work() == pytest.approx(7.0 + 30 * 0.2)
+    work.done(("a", 1), 1.0)
+    assert work() == pytest.approx(30 * 0.1)
+    work.expect([(("b", 0), "b", 30.0), (("b", 1), "b", 30.0)])  # b 0 again: counted once
+    work.done(("b", 0), 6.0)
+    assert work() == pytest.approx(30 * 0.2)
 
 
 class _Clock:
@@ -81,20 +82,20 @@ def _unit(item: tuple[str, float, float]) -> int:
     return os.getpid()
 
 
-def _pids(units: list[tuple[str, float, float]], monkeypatch) -> list[int]:
+def _inline(units: list[tuple[str, float, float]], monkeypatch) -> list[int]:
     """Each (source, size, seconds) unit through a 2-worker engine as `stage._prepare` feeds
-    it (its order, `PrepareWork`, `_timed`, `_in_order`): who ran it, in unit order."""
+    it (its order, `PrepareWork`, `_timed`, `_in_order`): the units that ran inline."""
     monkeypatch.setattr(pool_module, "time", CLOCK)
     executor, work = Executor(2), PrepareWork()
     order = task_order([s for s, _, _ in units], [z for _, z, _ in units], sample=True)
-    items = [units[k][:2] for k in order]
-    work.expect(items)
+    work.expect((k, *units[k][:2]) for k in order)
     try:
         with closing(executor.map(_unit, (units[k] for k in order), "prepare", work=work,
                                   ahead=PREPARE_AHEAD)) as results:
-            return [pid for _, pid in _in_order(order, _timed(results, items, work, executor))]
+            pids = [pid for _, pid in _in_order(order, _timed(results, order, work, executor))]
     finally:
         executor.close()
+    return [k for k, pid in enumerate(pids) if pid == os.getpid()]
 
 
 MB = 1e6
@@ -102,14 +103,23 @@ MB = 1e6
 
 def test_a_small_stage_never_starts_the_pool(monkeypatch):
     # demo scale 1, high-res stage (its heaviest): one RenderedText tar, one PDFA tar, 20 PDFs
-    units = [("renderedtext", 16.8 * MB, 1.7), ("pdfa", 0.53 * MB, 0.6)]
+    units = [("renderedtext", 16.8 * MB, 1.7), ("pdfa", 0.53 * MB, 0.7)]
     units += [("pdfs", 8e3, 0.01)] * 20
-    assert set(_pids(units, monkeypatch)) == {os.getpid()}
+    assert len(_inline(units, monkeypatch)) == len(units)
 
 
-def test_a_large_stage_starts_the_pool_after_its_first_unit(monkeypatch):
-    # demo scale 20, pretraining stage (7 s): the first unit's rate says there is more to come
-    units = [("laion", 2.39 * MB, 0.39)] * 2 + [("dolma", 0.145 * MB, 0.3)]
-    units += [("fineweb", 0.68 * MB, 0.02)] * 32 + [("obelics", 0.042 * MB, 0.042)] * 128
-    pids = _pids(units, monkeypatch)
-    assert pids[0] == os.getpid() and os.getpid() not in pids[1:]
+def test_a_large_stage_starts_the_pool_once_each_source_ran_a_unit(monkeypatch):
+    # demo scale 20, pretraining stage (7 s); the first unit alone (a caption tar) would
+    # take the others for cheap, as its bytes are; obelics's 128 small parquet units are not
+    units = [("laion", 2.39 * MB, 0.4)] * 2 + [("dolma", 0.145 * MB, 0.3)]
+    units += [("fineweb", 0.17 * MB, 0.02)] * 32 + [("obelics", 0.0115 * MB, 0.042)] * 128
+    assert _inline(units, monkeypatch) == [0, 2, 3, 35]  # the largest unit of each source
+
+
+def test_a_budgeted_stage_expects_the_units_its_need_takes():
+    def unit(tokens: int) -> UnitStats:
+        return UnitStats(unit="u", path="p", read=1, rejected={}, docs=1, tokens=tokens)
+
+    stats = {"a": [unit(100), None, None, None, None], "b": [unit(0), None, None]}
+    assert _projected(stats, {"a": 250.0, "b": 10.0}, "tokens") == [
+        ("a", 1), ("a", 2), ("b", 1), ("b", 2)]  # a: 3 units of 100; b: no cost known, all

@@ -15,15 +15,18 @@ the build's own process.
 
 `Executor(workers)` is the local engine: inline when `workers <= 1`, else a spawn-based
 `ProcessPoolExecutor` whose workers call `lifeline.die_with_parent` first, so a SIGKILLed
-build leaves no process behind. The pool starts only for a phase with enough work to pay for
-it: once `work()`, the caller's estimate of the phase's one-core seconds (done and to come;
-the stage's prepare extrapolates from the units it ran inline), reaches `START_WORK_S`
-(4 s), at the next two tasks that need a worker (`cached` said no). Without `work`, the
-phase's own inline seconds so far stand for it. Starting costs about a second on every core
-(each worker imports the package and opens its sources afresh), so a small build, whose
-stages each have a few seconds of work, never pays for it, and a large one starts it after
-its first unit. The Ray engine (`ray_engine.RayEngine`) implements the same contract, and
-starts at the first two tasks (`start_work_s` 0), as the user asked for Ray.
+build leaves no process behind. The pool starts only when it has enough work to pay for
+it: once `work()`, the caller's estimate of the one-core seconds still to come (the stage's
+prepare extrapolates from the units it ran inline, one per source first), reaches
+`START_WORK_S` (2.5 s), at the next two tasks that need a worker (`cached` said no); without
+`work`, the phase's own inline seconds so far stand for what is to come. Starting costs
+about a second on every core (each worker imports the package and opens its sources
+afresh), which work of 2.5 s or more wins back on two workers, and later stages reuse the
+pool for free. So a small build never pays for it (the demo at scale 1: at most 0.7 s to
+come in any stage, once a unit of each source ran), and a large one starts it after a unit
+of each source (scale 20: 6 s or more to come in each stage). The Ray engine
+(`ray_engine.RayEngine`) implements the same contract, and starts at the first two tasks
+(`start_work_s` 0), as the user asked for Ray.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ CONNECT_ENV = {"RAY_gcs_server_port_wait_time_s": "2",
                "RAY_py_gcs_connect_timeout_s": "10"}
 WINDOW_PER_WORKER = 4   # tasks in flight per worker: enough that none waits on the parent
 MIN_WINDOW = 16         # ... and room for small tasks to run past a long one at the head
-START_WORK_S = 4.0      # one-core seconds a phase needs before the local pool starts (above)
+START_WORK_S = 2.5      # one-core seconds still to come for the local pool to start (above)
 WorkEstimate = Callable[[], float]
 
 
@@ -91,7 +94,8 @@ class OrderedEngine:
     submitted (`_submit`, returning a handle), waited for (`_wait`) and abandoned
     (`_abandon`), and whether workers exist (`_ready`) or can be started (`_can_start`,
     `_start`). A task no worker takes runs inline, when it is delivered; workers start only
-    once the phase's work (`work()`, else its inline seconds) reaches `start_work_s`."""
+    once the work to come (`work()`, else the phase's inline seconds) reaches
+    `start_work_s`."""
 
     start_work_s = 0.0
 
@@ -136,8 +140,8 @@ class OrderedEngine:
     def _worth_starting(self, phase: str, work: WorkEstimate | None) -> bool:
         if self.start_work_s <= 0:
             return True
-        done = work() if work is not None else self.inline_s.get(phase, 0.0)
-        return done >= self.start_work_s
+        to_come = work() if work is not None else self.inline_s.get(phase, 0.0)
+        return to_come >= self.start_work_s
 
     @staticmethod
     def _pop(queue: deque[_Slot], waiting: list[_Slot]) -> _Slot:
@@ -197,8 +201,8 @@ def _worker_start(parent: int) -> None:
 
 class Executor(OrderedEngine):
     """The local engine: inline (workers <= 1) or a lazily started spawn process pool;
-    `start_work_s` (default `START_WORK_S`, read when made): a phase's work, in one-core
-    seconds, before it starts (0: at once)."""
+    `start_work_s` (default `START_WORK_S`, read when made): the work to come, in one-core
+    seconds, for it to start (0: at once)."""
 
     name = "local"
 

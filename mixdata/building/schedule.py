@@ -10,7 +10,8 @@ the engine delivers results in task order, and the stage puts them back in unit 
   first of all, so the estimate has every source's rate after a few units. Rates differ by
   source far more than sizes do: a JSON of 3 MB of chat turns takes 50x longer than a
   parquet file of 3 MB of captioned images.
-- `PrepareWork`: the estimate itself, `pool.Engine.map`'s `work`.
+- `PrepareWork`: the estimate itself, `pool.Engine.map`'s `work`: the one-core seconds still
+  to come, all a pool started now could share out.
 """
 from __future__ import annotations
 
@@ -47,34 +48,39 @@ def task_order(sources: list[str], sizes: list[float], sample: bool) -> list[int
 
 
 def estimate_s(timed: dict[str, tuple[float, float]], todo: dict[str, float]) -> float:
-    """One-core seconds of work done and to come: `timed[source]` = (seconds, size) of its
-    units run so far, `todo[source]` = size of its units still to come. A source's rate is
-    its timed seconds per size; a source not timed yet takes the rate of all timed units.
-    Nothing timed: 0 (there is no rate to extrapolate from)."""
+    """One-core seconds of the work still to come: `todo[source]`, the size of its units to
+    come, at its rate, the seconds per size of its units run so far (`timed[source]` =
+    (seconds, size)); a source not timed yet takes the rate of all timed units. Nothing
+    timed: 0 (there is no rate to extrapolate from)."""
     spent = sum(seconds for seconds, _ in timed.values())
     sized = sum(size for _, size in timed.values())
     if not sized:
-        return spent
+        return 0.0
     overall = spent / sized
     rate = {s: seconds / size for s, (seconds, size) in timed.items() if size}
-    return spent + sum(size * rate.get(s, overall) for s, size in todo.items())
+    return sum(size * rate.get(s, overall) for s, size in todo.items())
 
 
 class PrepareWork:
-    """A stage's prepare work, done and to come, in one-core seconds (`estimate_s`), fed by the
-    stage: `expect` the units of each round, `done` each one as it is delivered with the
-    seconds it ran inline (0: it was cached, or ran on a worker). Over all rounds of the
-    stage, so a budgeted stage of many small rounds still adds up."""
+    """A stage's prepare work still to come, in one-core seconds (`estimate_s`), fed by the
+    stage: `expect` the units it will prepare (by key: a unit expected twice counts once, so
+    a budgeted stage can expect the units its budget projects, then each round's), `done`
+    each one as it is delivered, with the seconds it ran inline (0: it was cached, or ran on
+    a worker)."""
 
     def __init__(self) -> None:
+        self.expected: dict[object, tuple[str, float]] = {}
         self.todo: Counter[str] = Counter()
         self.timed: dict[str, tuple[float, float]] = {}
 
-    def expect(self, units: Iterable[tuple[str, float]]) -> None:
-        for source, size in units:
-            self.todo[source] += size
+    def expect(self, units: Iterable[tuple[object, str, float]]) -> None:
+        for key, source, size in units:
+            if key not in self.expected:
+                self.expected[key] = (source, size)
+                self.todo[source] += size
 
-    def done(self, source: str, size: float, seconds: float) -> None:
+    def done(self, key: object, seconds: float) -> None:
+        source, size = self.expected.pop(key)
         self.todo[source] -= size
         if seconds > 0:
             spent, sized = self.timed.get(source, (0.0, 0.0))
