@@ -4,7 +4,8 @@ the engine delivers results in task order, and the stage puts them back in unit 
 
 - `unit_sizes`: each unit's input bytes (a parquet file's size shared by its row-group
   units), or 1 per unit when any unit is not a local file (a size lookup per remote file
-  would cost a request), which makes the estimate count units instead.
+  would cost a request), which makes the estimate count units instead. The stage sizes each
+  source on its own, so a remote source's units (1 each) go after a local source's.
 - `task_order`: largest first, so no big unit starts last while the other workers sit idle
   (a round lasts as long as its longest tail); with `sample`, each source's largest unit
   first of all, so the estimate has every source's rate after a few units. Rates differ by
