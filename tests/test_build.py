@@ -134,8 +134,8 @@ def test_shards_read_with_stock_webdataset_and_datasets(built):
 def test_same_bytes_for_any_worker_count(corpus, built, tmp_path, monkeypatch):
     recipe, outs = built
     small = build_stage(recipe, "pretrain", out=tmp_path / "small", workers=2, progress=False)
-    assert not json.loads((small / "timings.json").read_text())["pool_started"]  # < 1 s work
-    monkeypatch.setattr(pool_module, "START_AFTER_S", 0)  # the pool, though the build is small
+    assert not json.loads((small / "timings.json").read_text())["pool_started"]  # little work
+    monkeypatch.setattr(pool_module, "START_WORK_S", 0)  # the pool, though the build is small
     again = build_stage(recipe, "pretrain", out=tmp_path / "w2", workers=2, progress=False)
     assert json.loads((again / "timings.json").read_text())["pool_started"]
     assert _digest(again) == _digest(small) == _digest(outs["pretrain"])
@@ -143,7 +143,7 @@ def test_same_bytes_for_any_worker_count(corpus, built, tmp_path, monkeypatch):
 
 def test_plan_chunks_packed_on_the_pool_give_the_same_bytes(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(stage_module, "CHUNK_DOCS", 16)  # several chunks from the tiny corpus
-    monkeypatch.setattr(pool_module, "START_AFTER_S", 0)
+    monkeypatch.setattr(pool_module, "START_WORK_S", 0)
     recipe = load_recipe(write_recipe(corpus))
     digests, chunks = {}, {}
     for workers in (1, 2):

@@ -1,6 +1,6 @@
 """The build's local engine: results in task order, the hook after each, no pool for one task
-or for a second of work, tasks pulled lazily, cached results answered in the parent. Tests of
-the pool itself start it at once (`start_after_s=0`)."""
+or for a phase with little work, tasks pulled lazily (further with `ahead`), cached results
+answered in the parent. Tests of the pool itself start it at once (`start_work_s=0`)."""
 from __future__ import annotations
 
 import os
@@ -22,7 +22,7 @@ def _pid_and_square(x: int) -> tuple[int, int]:
 def test_results_come_back_in_task_order_and_the_hook_counts_per_phase(workers):
     seen = []
     executor = Executor(workers, on_result=lambda phase, done: seen.append((phase, done)),
-                        start_after_s=0)
+                        start_work_s=0)
     try:
         first = list(executor.map(_pid_and_square, range(6), "prepare"))
         second = list(executor.map(_pid_and_square, range(6, 8), "prepare"))
@@ -47,19 +47,36 @@ def _pid_after_a_nap(x: int) -> int:
     return os.getpid()
 
 
-def test_the_pool_starts_only_after_a_second_of_inline_work():
-    small = Executor(2)  # the default: START_AFTER_S of inline work first
+def test_without_an_estimate_the_pool_starts_after_the_phases_own_inline_work():
+    small = Executor(2)  # the default: START_WORK_S of inline work first (2.5 s)
     try:
         assert set(small.map(_pid_after_a_nap, range(8), "prepare")) == {os.getpid()}
         assert not small.started  # 0.4 s of work: cheaper here than starting two workers
     finally:
         small.close()
-    executor = Executor(2, start_after_s=0.3)
-    try:
-        pids = list(executor.map(_pid_after_a_nap, range(40), "prepare"))
+    executor = Executor(2, start_work_s=0.3)
+    try:  # another phase's inline time does not count
+        assert set(executor.map(_pid_after_a_nap, range(8), "prepare", work=lambda: 0.0)) \
+            == {os.getpid()} and not executor.started
+        pids = list(executor.map(_pid_after_a_nap, range(40), "write"))
         inline = pids.index(next(p for p in pids if p != os.getpid()))
         assert 4 <= inline <= 8 and executor.started  # ~6 naps of 0.05 s, then the pool
         assert os.getpid() not in pids[inline + 2:]
+    finally:
+        executor.close()
+
+
+def test_the_estimate_decides_when_given():
+    executor = Executor(2, start_work_s=1.0)
+    try:
+        assert set(executor.map(_pid_after_a_nap, range(30), "prepare", work=lambda: 0.5)) \
+            == {os.getpid()}  # 1.5 s ran here: the estimate, not the time, says no
+        assert not executor.started
+        pids = list(executor.map(_pid_after_a_nap, range(6), "prepare", work=lambda: 5.0))
+        assert executor.started and os.getpid() not in pids  # the first two start it
+        pids = {r[0] for r in executor.map(_pid_and_square, range(4), "plan",
+                                           work=lambda: 0.0)}
+        assert os.getpid() not in pids  # a running pool serves any map
     finally:
         executor.close()
 
@@ -77,7 +94,7 @@ def test_cached_results_come_from_the_parent_and_one_miss_starts_no_pool():
         asked.append(os.getpid())
         return None if x == 3 else -x
 
-    executor = Executor(2, start_after_s=0)
+    executor = Executor(2, start_work_s=0)
     try:
         out = list(executor.map(_pid_and_square, range(6), "prepare", cached=cached))
         assert out == [0, -1, -2, (os.getpid(), 9), -4, -5]
@@ -95,7 +112,7 @@ def test_tasks_are_pulled_lazily_within_the_window():
             ahead.append(pulled[0] - delivered[0])
             yield x
 
-    executor = Executor(2, start_after_s=0)
+    executor = Executor(2, start_work_s=0)
     try:
         for n, result in enumerate(executor.map(_pid_and_square, tasks(), "write")):
             assert result[1] == n * n
@@ -105,22 +122,33 @@ def test_tasks_are_pulled_lazily_within_the_window():
         executor.close()
 
 
-def test_may_start_false_never_starts_a_pool_but_uses_a_running_one():
-    executor = Executor(2, start_after_s=0)
-    try:
-        assert [r[1] for r in executor.map(_pid_and_square, range(4), "plan",
-                                           may_start=False)] == [0, 1, 4, 9]
-        assert not executor.started
-        list(executor.map(_pid_and_square, range(2), "prepare"))
-        pids = {r[0] for r in executor.map(_pid_and_square, range(4), "plan", may_start=False)}
-        assert executor.started and os.getpid() not in pids
-    finally:
-        executor.close()
+def test_ahead_pulls_past_the_window_while_the_head_task_runs():
+    def pulled_at_first_result(**kwargs) -> int:
+        pulled = [0]
+
+        def tasks():
+            for x in range(100):
+                pulled[0] += 1
+                yield x
+
+        executor = Executor(2, start_work_s=0)
+        try:
+            results = executor.map(_pid_and_square, tasks(), "prepare", **kwargs)
+            assert next(results)[1] == 0
+            count = pulled[0]
+            assert [r[1] for r in results] == [x * x for x in range(1, 100)]
+            return count
+        finally:
+            executor.close()
+
+    # without `ahead`, a long first task would hold all but `window` tasks back
+    assert pulled_at_first_result() == Executor(2).window == 16
+    assert pulled_at_first_result(ahead=64) == 64
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failing_task_raises_in_order_and_later_tasks_are_dropped(workers):
-    executor = Executor(workers, start_after_s=0)
+    executor = Executor(workers, start_work_s=0)
     seen = []
     try:
         with pytest.raises(ValueError, match="thirteen"):

@@ -11,10 +11,10 @@ rejects more than its `max_reject_ratio` stops it with an error saying what to c
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -40,12 +40,16 @@ from .plan import (
 from .pool import Engine, TaskHook, open_engine
 from .prepare import UnitStats, cached_stats, prepare_unit, task_for
 from .rejects import RejectGuard, write_rejects
+from .schedule import PrepareWork, task_order, unit_sizes
 from .write import ShardTask, final_info, write_shard_task
 
-# A plan of one chunk is packed here (nothing to overlap). Packing alone starts workers for
-# a plan of at least PLAN_ENGINE_DOCS documents (about 3 s of packing on one core, more than
-# starting a pool costs); an engine already running packs any plan of two chunks or more.
-PLAN_ENGINE_DOCS = 1 << 21
+# A plan of one chunk is packed here (nothing to overlap); an engine packs any plan of two
+# chunks or more, and packing alone starts the local pool when its work, at PACK_S_PER_DOC
+# one-core seconds per document, reaches pool.START_WORK_S (about 1.7M documents).
+PACK_S_PER_DOC = 1.5e-6
+# Prepare tasks (a few KB) and results (a few hundred bytes) are small, so its map looks far
+# ahead: the largest unit goes first, and the other workers run past it while it lasts.
+PREPARE_AHEAD = 256
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,16 +141,24 @@ def _prepare(recipe, stage_name: str, cache: Path, executor: Engine,
             raise MixdataError(f"source {name!r} has no input files for uri "
                                f"{recipe.sources[name].uri!r}; check the path or glob")
     stats: dict[str, list[UnitStats | None]] = {s: [None] * len(u) for s, u in units.items()}
+    sizes = {s: unit_sizes(u) for s, u in units.items()}
     guard = RejectGuard(recipe, strict=options.strict)
+    work = PrepareWork()
     bar = _bar("prepare", sum(len(u) for u in units.values()), options.progress, "unit")
 
+    def expect(wanted: list[tuple[str, int]]) -> None:
+        work.expect(((s, i), s, sizes[s][i]) for s, i in wanted)
+
     def run(wanted: list[tuple[str, int]]) -> None:
-        picks = [(s, units[s][i]) for s, i in wanted]
-        order = _heaviest_first([unit for _, unit in picks])
-        tasks = (task_for(recipe, stage_name, *picks[k], cache) for k in order)
-        with closing(executor.map(prepare_unit, tasks, "prepare", bar,
-                                  cached=cached_stats)) as results:
-            for k, result in _in_order(order, results):
+        order = task_order([s for s, _ in wanted], [sizes[s][i] for s, i in wanted],
+                           sample=not executor.started)
+        expect([wanted[k] for k in order])
+        tasks = (task_for(recipe, stage_name, s, units[s][i], cache)
+                 for s, i in (wanted[k] for k in order))
+        with closing(executor.map(prepare_unit, tasks, "prepare", bar, cached=cached_stats,
+                                  work=work, ahead=PREPARE_AHEAD)) as results:
+            timed = _timed(results, [wanted[k] for k in order], work, executor)
+            for k, result in _in_order(order, timed):
                 s, i = wanted[k]
                 stats[s][i] = result
                 guard.check(s, result)  # in unit order, whatever finished first
@@ -155,6 +167,7 @@ def _prepare(recipe, stage_name: str, cache: Path, executor: Engine,
     if stage.budget is not None:
         run([(s, 0) for s in units])
         need = _needs(recipe, stage_name, stats, shares)
+        expect(_projected(stats, need, stage.weight_by))  # what the rounds will likely take
     while wanted := _wanted_units(stats, stage.weight_by, need, executor.workers):
         run(wanted)
     bar.close()
@@ -163,21 +176,26 @@ def _prepare(recipe, stage_name: str, cache: Path, executor: Engine,
     return {s: stats[s][:prefix[s]] for s in units}
 
 
-def _heaviest_first(units: list[str]) -> list[int]:
-    """The order to hand units to workers: largest input first, so that no big unit starts
-    last while the other workers sit idle (a round's length is its longest tail). Sizes are
-    of local files (a parquet file's size is shared by its row-group units); with any unit
-    elsewhere (a URL), the given order, as one size lookup per file would cost a request."""
-    files = [unit.split("#", 1)[0] for unit in units]
-    if any("://" in f and not f.startswith("file://") for f in files):
-        return list(range(len(units)))
-    try:
-        sizes = {f: os.path.getsize(f.removeprefix("file://")) for f in set(files)}
-    except OSError:
-        return list(range(len(units)))
-    counts = Counter(files)
-    share = {f: size / counts[f] for f, size in sizes.items()}
-    return sorted(range(len(units)), key=lambda k: (-share[files[k]], k))
+def _timed(results, keys: list, work: PrepareWork, executor: Engine) -> Iterator:
+    """`results` as they come, each unit (`keys`, in task order) told to `work` with the
+    seconds it ran inline: the engine's inline time grows by exactly that while it runs."""
+    before = executor.inline_s.get("prepare", 0.0)
+    for key, result in zip(keys, results):
+        now = executor.inline_s.get("prepare", 0.0)
+        work.done(key, now - before)
+        before = now
+        yield result
+
+
+def _projected(stats, need: dict[str, float], weight_by: str) -> list[tuple[str, int]]:
+    """The units a budgeted stage will likely prepare, beyond those already prepared: as many
+    of each source's first units as its need takes at its first unit's cost."""
+    out = []
+    for s, units in stats.items():
+        first = units[0].cost(weight_by)
+        count = len(units) if first <= 0 else min(len(units), math.ceil(need[s] / first))
+        out.extend((s, i) for i in range(count) if units[i] is None)
+    return out
 
 
 def _in_order(order: list[int], results) -> Iterator[tuple[int, object]]:
@@ -224,7 +242,7 @@ def _plan(recipe, stage_name: str, stats, out: Path, executor: Engine, options: 
     docs = sum(u.docs for units in stats.values() for u in units)
 
     def pack_map(tasks):
-        return executor.map(pack_task, tasks, "plan", may_start=docs >= PLAN_ENGINE_DOCS)
+        return executor.map(pack_task, tasks, "plan", work=lambda: docs * PACK_S_PER_DOC)
 
     bar = _bar("plan", None, options.progress, "doc")
     try:

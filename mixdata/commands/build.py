@@ -31,9 +31,9 @@ def register(sub) -> None:
                              "(default: min(4, CPU count)); with --engine ray and no "
                              "--address, the CPUs of the private Ray instance; ignored on an "
                              "existing cluster, which uses all its CPUs. The local pool "
-                             "starts only once a second of work has run in the build's own "
-                             "process, so a small build never pays for it. Output is "
-                             "identical for any value")
+                             "starts only for a stage whose work, estimated from its first "
+                             "units, comes to a few seconds on one core, so a small build "
+                             "never pays for it. Output is identical for any value")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="where tasks run: 'local' (default), a process pool on this "
                              "machine; 'ray', one Ray task per source unit, plan chunk and "

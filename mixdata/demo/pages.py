@@ -12,8 +12,8 @@ import hashlib
 from itertools import groupby
 
 import numpy as np
-import pymupdf
 
+from ..sources.mupdf import pymupdf  # without its layout model, which every recipe load paid
 from . import content
 
 PAGE_SIZE = (384, 256)  # points: 384 x 256 px at 72 dpi; 13 pt text is ~9 px once resized to 256
