@@ -61,3 +61,25 @@ def test_each_digit_is_inside_its_box_and_its_cell():
         assert ink[:, 0].min() >= y0 - 1 and ink[:, 0].max() <= y1 and y0 >= 0
     assert boxes[-1][2] <= content.CODE_TILE and boxes[0][0] >= 0  # all in the first tile
     assert (pixels[:, content.CODE_TILE:] > 200).all()
+
+
+def test_one_glyph_is_one_image_token_of_the_tiny_model():
+    """Every digit's ink, at every extreme of its jitter, lies inside one image token's cell
+    of the tiny model (patch x pixel shuffle px square), in the tile's second token row: the
+    layout that makes the codes learnable in a few hundred steps (tools/reading_probe.py)."""
+    from mixdata.train.model import PRESETS
+
+    tiny = PRESETS["tiny"]
+    token = tiny.vision.patch * tiny.connector.factor
+    assert token == content.CODE_CELL
+    row = content.CODE_ROW // token
+    jitter_x, jitter_y = content.CODE_JITTER
+    for digit in content.DIGITS:
+        for shift in ((-jitter_x, -jitter_y), (jitter_x, jitter_y), (-jitter_x, jitter_y),
+                      (jitter_x, -jitter_y)):
+            for index in range(content.CODE_LENGTH):   # the digit alone, in cell `index`
+                code = "".join(digit if i == index else " " for i in range(content.CODE_LENGTH))
+                render = content.CodeRender(code, (shift,) * content.CODE_LENGTH)
+                ink = np.argwhere(np.asarray(content.draw_code(render)).mean(axis=-1) < 128)
+                cells = {(int(y) // token, int(x) // token) for y, x in ink}
+                assert len(ink) > 10 and cells == {(row, index)}, (digit, shift, index)

@@ -164,13 +164,19 @@ def font(size: int) -> ImageFont.FreeTypeFont:
 # label at its size, so the code fills the first tile and each digit (~12 x 14 px) is sharp;
 # pre-training's one 64 px view shrinks the label 4x (each digit ~3 x 4 px, a blur).
 # `mixdata.demo.legibility` measures both.
+# Each digit sits in one 16 x 16 px cell of the tile's second row (y 16-32), which is exactly
+# what one image token of the tiny model sees (patch 8, pixel shuffle 2): one glyph, one token.
+# A digit straddling two tokens, as when the code was centred on the tile (y 32), left the
+# model at chance for 600 high-res steps; one per token it reads within ~250 (measured with a
+# from-scratch probe of the tiny model on these labels).
 DIGITS = "0123456789"
 CODE_LENGTH = 4
-CODE_CELL = 16    # px per digit
+CODE_CELL = 16    # px per digit: one image token's width
 CODE_TILE = 64    # the code's box: the label's first tile
+CODE_ROW = 24     # y of the digits' centres: the middle of the tile's second token row
 CODE_SIZE = (4 * CODE_TILE, CODE_TILE)
 CODE_FONT = 20
-CODE_JITTER = (2, 4)   # px a digit's centre moves from its cell's centre, each way (x, y)
+CODE_JITTER = (2, 1)   # px a digit's centre moves from its cell's centre, each way (x, y)
 CODE_INK = (20, 20, 20)
 PAPER = (250, 250, 245)
 
@@ -214,7 +220,7 @@ def digit_boxes(render: CodeRender) -> list[tuple[int, int, int, int]]:
     for index, (digit, (dx, dy)) in enumerate(zip(render.code, render.shifts)):
         x0, y0, x1, y1 = font(CODE_FONT).getbbox(digit)
         left = render.tile * CODE_TILE + index * CODE_CELL + CODE_CELL // 2 + dx - (x0 + x1) // 2
-        top = CODE_TILE // 2 + dy - (y0 + y1) // 2
+        top = CODE_ROW + dy - (y0 + y1) // 2
         out.append((left + x0, top + y0, left + x1, top + y1))
     return out
 
