@@ -28,20 +28,22 @@ def test_codes_are_read_in_tiles_and_not_in_the_pretraining_view(policies):
     assert code_reader_accuracy(policies["pretrain"], seed=0) == pretrain[0]  # deterministic
 
 
-def test_the_code_fills_the_first_tile_and_shrinks_4x_in_pretraining(policies):
-    render = content.code_render("4071", np.random.default_rng(0))
-    views, plan = code_views(render, policies["highres"])
+def test_each_tile_holds_a_copy_of_the_code_and_it_shrinks_4x_in_pretraining(policies):
+    label = content.code_label("4071", np.random.default_rng(0))
+    assert [r.code for r in label] == ["4071"] * 4 and [r.tile for r in label] == [0, 1, 2, 3]
+    views, plan = code_views(label, policies["highres"])
     assert (plan.rows, plan.cols, plan.global_view) == (1, 4, "after")
     assert plan.resized_size == content.CODE_SIZE  # not rescaled: one source px per view px
-    for box in content.digit_boxes(render):
-        grey, (x0, y0, x1, y1) = code_window(views, plan, box, content.CODE_SIZE[0])
-        assert np.array_equal(grey, views[0].astype(float).mean(axis=-1))  # the first tile
-        assert (x1 - x0, y1 - y0) == (box[2] - box[0], box[3] - box[1])
-    assert views[1:4].min() > 200  # the other tiles are blank paper
+    for tile, render in enumerate(label):
+        for box in content.digit_boxes(render):
+            grey, (x0, y0, x1, y1) = code_window(views, plan, box, content.CODE_SIZE[0])
+            assert np.array_equal(grey, views[tile].astype(float).mean(axis=-1))  # its tile
+            assert (x1 - x0, y1 - y0) == (box[2] - box[0], box[3] - box[1])
+        assert views[tile].min() < 100  # ink in every tile
     for stage in ("highres", "sft"):  # the same views in both high-res stages
-        again, _ = code_views(render, policies[stage])
+        again, _ = code_views(label, policies[stage])
         assert np.array_equal(again, views)
-    small, plan = code_views(render, policies["pretrain"])
+    small, plan = code_views(label, policies["pretrain"])
     assert small.shape == (1, 64, 64, 3) and plan.resized_size == (64, 16)
 
 

@@ -54,7 +54,8 @@ def test_metrics_are_in_range_and_chance_is_exact(split, setup):
     assert results["vqa"]["n"] == len(rows) == 6
     assert results["vqa"]["chance"] == pytest.approx(np.mean([1 / len(r["choices"]) for r in rows]))
     assert 0 <= results["vqa"]["accuracy"] <= 1
-    assert results["ocr"] == {"exact_match": 0.0, "n": 3}  # an untrained model reads nothing
+    ocr = results["ocr"]  # an untrained model reads nothing
+    assert (ocr["exact_match"], ocr["n"]) == (0.0, 3) and 0 <= ocr["token_accuracy"] < 0.5
     # uniform guessing over ~280 byte ids costs ~ln(280); an untrained model is near that
     assert 3 < results["caption"]["loss"] < 8
 
@@ -77,7 +78,7 @@ def test_score_matches_the_training_loss(split, setup):
     model = byte_model(setup).eval()
     row = read_split(split, "ocr", 1)[0]
     doc = sft_doc(setup, split, row, row["answer"])
-    logprob, count, _ = score_docs(model, setup, [doc])[0]
+    logprob, count, _, _ = score_docs(model, setup, [doc])[0]
     batch = setup.batch([doc])
     with torch.no_grad():
         summed, n = token_losses(model(*model_inputs(batch)), batch["labels"])
@@ -98,7 +99,14 @@ def test_greedy_decoding_agrees_with_teacher_forced_exact_match(split, setup):
         (summed / n).backward()
         optimizer.step()
         optimizer.zero_grad()
-    hits = [hit for _, _, hit in score_docs(model, setup, docs)]
+    scores = score_docs(model, setup, docs)
+    hits = [hit for _, _, hit, _ in scores]
+    # the read example has every answer token right (its count less the closing <|end|>)
+    assert scores[0][3] == scores[0][1] - 1 == len(rows[0]["answer"])
+    results = evaluate(model, setup, split, tasks=("ocr",))["ocr"]
+    answer_tokens = sum(len(r["answer"]) for r in rows)
+    assert results["token_accuracy"] == sum(s[3] for s in scores) / answer_tokens
+    assert results["token_accuracy"] >= len(rows[0]["answer"]) / answer_tokens
     end = setup.tokenizer.special_id(END)
     for doc, row, hit in zip(docs, rows, hits):
         generated = greedy_decode(model, setup, prompt_of(doc), max_new_tokens=16)

@@ -102,7 +102,8 @@ def test_only_stages_with_the_same_lineage_are_reused(tmp_path):
 
 
 def results(vqa, ocr, origin):
-    return {"vqa": {"accuracy": vqa, "chance": 0.25, "n": 4}, "ocr": {"exact_match": ocr, "n": 2},
+    return {"vqa": {"accuracy": vqa, "chance": 0.25, "n": 4},
+            "ocr": {"exact_match": ocr, "token_accuracy": 0.25 + ocr, "n": 2},
             "caption": {"loss": 0.5, "shuffled_loss": 0.9, "n": 4}, "started_from": origin}
 
 
@@ -115,10 +116,12 @@ def test_tables_say_what_each_stage_started_from(tmp_path):
     rows = format_table(json.loads((ablation / "eval.json").read_text())).splitlines()
     assert rows[0].split()[:2] == ["stage", "from"] and "shuffled" in rows[0]
     assert rows[2].split()[:2] == ["pretrain", "-"] and rows[3].split()[:2] == ["sft", "pretrain"]
-    assert rows[3].split()[2:] == ["0.650", "0.250", "0.100", "0.500", "0.900"]
+    assert rows[3].split()[2:] == ["0.650", "0.250", "0.100", "0.350", "0.500", "0.900"]
     side = compare_runs([full, ablation]).splitlines()
     assert "pretrain > highres > sft" in side[1] and "pretrain > sft" in side[1]
     ocr = next(line for line in side if line.startswith("OCR exact match"))
     assert ocr.split()[-3:] == ["0.500", "0.100", "+0.400"]
+    reading = next(line for line in side if line.startswith("OCR token accuracy"))
+    assert reading.split()[-3:] == ["0.750", "0.350", "+0.400"]
     vqa = next(line for line in side if line.startswith("VQA accuracy"))
     assert vqa.split()[-1] == "+0.050"

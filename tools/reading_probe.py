@@ -1,19 +1,22 @@
-"""How many steps the demo's tiny VLM needs to start reading its OCR codes, by code layout.
+"""How many steps the demo's tiny VLM needs to start reading its OCR codes, by label layout.
 
 Trains a fresh `tiny` VLM (mixdata.train.model) on nothing but code labels, in the layout the
 high-res stage gives them (the label through the recipe's high-res image policy, cut into
 views), and reports held-out per-digit accuracy (teacher-forced arg-max) and whole-code exact
 match every 25 steps, for each layout side by side in one run:
 - `boundary`: digits centred on the tile (y 32), so each digit straddles two image tokens
-  (the tiny model's token is a 16 x 16 px cell: patch 8, pixel shuffle 2);
+  (the tiny model's token is a 16 x 16 px cell: patch 8, pixel shuffle 2), one copy of the
+  code, in the first tile;
 - `token`: digits centred in the tile's second token row (y 24, `content.CODE_ROW`), so one
-  glyph is one image token.
-`--views first` keeps only the tile that holds the code (16 image tokens); `all` keeps every
-view the policy makes (4 tiles and the global view of a 256 x 64 label: 80 image tokens).
+  glyph is one image token, one copy in the first tile;
+- `token-copies`: as `token`, with a copy of the code in every tile (`content.code_label`,
+  the demo corpus's labels).
+`--views first` keeps only the first tile (16 image tokens); `all` (default) keeps every view
+the policy makes (4 tiles and the global view of a 256 x 64 label: 80 image tokens).
 Documents are `<view marker> <16 image tokens> ... <start> d1 d2 d3 d4`, on a small synthetic
 vocabulary: the probe measures the vision path and the LM's routing, not the tokenizer.
 
-    PYTHONPATH=. .venv/bin/python tools/reading_probe.py --views first --steps 400
+    PYTHONPATH=. .venv/bin/python tools/reading_probe.py --steps 400
 """
 from __future__ import annotations
 
@@ -33,12 +36,16 @@ from mixdata.train.model import IGNORE, PRESETS, VLM
 
 VOCAB = 64
 DIGIT0, MARKER0, START = 0, 16, 40   # token ids: digits, one marker per view, transcript start
-ROWS = {"boundary": content.CODE_TILE // 2, "token": content.CODE_ROW}
+LAYOUTS = {"boundary": (content.CODE_TILE // 2, False), "token": (content.CODE_ROW, False),
+           "token-copies": (content.CODE_ROW, True)}   # name: (digits' centre y, copies)
 
 
-def views_of(code: str, rng: np.random.Generator, policy, views: str) -> np.ndarray:
-    render = content.code_render(code, rng)
-    processed = process(png_bytes(content.draw_code(render)), policy)
+def views_of(code: str, rng: np.random.Generator, policy, views: str,
+             copies: bool) -> np.ndarray:
+    label = content.code_label(code, rng)
+    if not copies:
+        label = label[:1]
+    processed = process(png_bytes(content.draw_code(*label)), policy)
     cut = cut_tiles(processed.data, processed.plan)
     return cut[:1] if views == "first" else cut
 
@@ -83,14 +90,15 @@ def scores(model, inputs, targets) -> tuple[float, float]:
 
 def run_layout(layout: str, args, policy) -> list[tuple[int, float, float]]:
     content_row = content.CODE_ROW
-    content.CODE_ROW = ROWS[layout]   # digit_boxes reads it at draw time
+    row, copies = LAYOUTS[layout]
+    content.CODE_ROW = row   # digit_boxes reads it at draw time
     try:
-        return train(args, policy)
+        return train(args, policy, copies)
     finally:
         content.CODE_ROW = content_row
 
 
-def train(args, policy) -> list[tuple[int, float, float]]:
+def train(args, policy, copies: bool) -> list[tuple[int, float, float]]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     preset = PRESETS["tiny"]
@@ -98,7 +106,7 @@ def train(args, policy) -> list[tuple[int, float, float]]:
     tokens = preset.tokens_per_tile(policy.tile)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (policy.mean, policy.std))
     held_out = [content.random_code(rng, for_eval=True) for _ in range(args.eval_codes)]
-    eval_batch = batch([(views_of(c, rng, policy, args.views), c) for c in held_out],
+    eval_batch = batch([(views_of(c, rng, policy, args.views, copies), c) for c in held_out],
                        tokens, mean, std)
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=0.0)
     curve = []
@@ -106,8 +114,8 @@ def train(args, policy) -> list[tuple[int, float, float]]:
         for group in optimizer.param_groups:   # linear warm-up, then constant
             group["lr"] = preset.lr * min(1.0, step / 20)
         codes = [content.random_code(rng) for _ in range(args.docs_per_step)]
-        inputs, targets = batch([(views_of(c, rng, policy, args.views), c) for c in codes],
-                                tokens, mean, std)
+        inputs, targets = batch([(views_of(c, rng, policy, args.views, copies), c)
+                                 for c in codes], tokens, mean, std)
         model.train()
         loss = F.cross_entropy(model(*inputs).flatten(0, 1), targets.flatten(),
                                ignore_index=IGNORE)
@@ -126,7 +134,8 @@ def first_reading_step(curve, threshold: float = 0.5) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--views", choices=("first", "all"), default="first")
+    parser.add_argument("--views", choices=("first", "all"), default="all")
+    parser.add_argument("--layouts", nargs="+", choices=tuple(LAYOUTS), default=list(LAYOUTS))
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--docs-per-step", type=int, default=20,
                         help="code labels per step (the demo's high-res step holds ~17)")
@@ -137,13 +146,13 @@ def main() -> None:
     args = parser.parse_args()
     policy = load_recipe(args.recipe).stages[args.stage].image
     curves = {}
-    for layout in ROWS:
+    for layout in args.layouts:
         started = time.perf_counter()
         curves[layout] = run_layout(layout, args, policy)
         print(f"{layout}: {time.perf_counter() - started:.0f} s", flush=True)
     print(f"views: {args.views}, {args.docs_per_step} codes per step, seed {args.seed}")
     print("step  " + "  ".join(f"{name + ' digit / EM':>22}" for name in curves))
-    for index, (step, *_) in enumerate(curves["boundary"]):
+    for index, (step, *_) in enumerate(next(iter(curves.values()))):
         cells = [f"{c[index][1]:>14.3f} / {c[index][2]:.2f}" for c in curves.values()]
         print(f"{step:>4}  " + "  ".join(cells))
     for name, curve in curves.items():

@@ -5,7 +5,7 @@ corpus is reproducible. The content is deliberately small and regular, so that a
 trained for minutes on a CPU can learn it and its eval scores mean something:
 - scenes: 1-3 shapes (6 colours x 4 shapes) at distinct positions on a 64x64 canvas;
 - text: short sentences from a ~50-word vocabulary that also names the colours and shapes;
-- codes: four digits ~14 px high in the first 64 px of a 256 px label, readable only when
+- codes: four digits ~14 px high in each 64 px of a 256 px label, readable only when
   the label is kept at full resolution (a high-res stage's tiles), not in the pre-training
   view.
 
@@ -159,9 +159,9 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-# OCR codes: 4-digit codes, the demo's reading task, printed in the first 64 px of a 256 x 64
-# label (a 16 px cell per digit; the rest of the label is blank). The high-res stages keep the
-# label at its size, so the code fills the first tile and each digit (~12 x 14 px) is sharp;
+# OCR codes: 4-digit codes, the demo's reading task, printed in each 64 px tile of a 256 x 64
+# label (a 16 px cell per digit; `code_label`). The high-res stages keep the label at its
+# size, so a copy of the code fills each tile and each digit (~12 x 14 px) is sharp;
 # pre-training's one 64 px view shrinks the label 4x (each digit ~3 x 4 px, a blur).
 # `mixdata.demo.legibility` measures both.
 # Each digit sits in one 16 x 16 px cell of the tile's second row (y 16-32), which is exactly
@@ -172,7 +172,7 @@ def font(size: int) -> ImageFont.FreeTypeFont:
 DIGITS = "0123456789"
 CODE_LENGTH = 4
 CODE_CELL = 16    # px per digit: one image token's width
-CODE_TILE = 64    # the code's box: the label's first tile
+CODE_TILE = 64    # one copy of the code per tile of this size
 CODE_ROW = 24     # y of the digits' centres: the middle of the tile's second token row
 CODE_SIZE = (4 * CODE_TILE, CODE_TILE)
 CODE_FONT = 20
@@ -210,10 +210,6 @@ def code_render(code: str, rng: np.random.Generator, tile: int = 0) -> CodeRende
     return CodeRender(code, tuple((int(a), int(b)) for a, b in zip(x, y)), tile)
 
 
-def random_code_render(rng: np.random.Generator, *, for_eval: bool = False) -> CodeRender:
-    return code_render(random_code(rng, for_eval=for_eval), rng)
-
-
 def digit_boxes(render: CodeRender) -> list[tuple[int, int, int, int]]:
     """Each digit's ink box (x0, y0, x1, y1) in image pixels, and where it is drawn from."""
     out = []
@@ -236,7 +232,14 @@ def draw_code(*renders: CodeRender) -> Image.Image:
     return image
 
 
-def code_sheet(rng: np.random.Generator) -> list[CodeRender]:
-    """Training codes in every tile of a label: four times the reading per image, for the
-    high-res stage (SFT and eval labels hold one code, in the first tile)."""
-    return [code_render(random_code(rng), rng, tile) for tile in range(CODE_SIZE[0] // CODE_TILE)]
+def code_label(code: str, rng: np.random.Generator) -> list[CodeRender]:
+    """`code` printed once in every 64 px tile of the label, each copy with its own jitter.
+
+    One copy in the first tile and three blank tiles left the code's 16 image tokens among
+    80 (four tiles and the global view), and a fresh tiny model had not started to read after
+    375 steps; with a copy in every tile it reads after ~175 (tools/reading_probe.py)."""
+    return [code_render(code, rng, tile) for tile in range(CODE_SIZE[0] // CODE_TILE)]
+
+
+def random_code_label(rng: np.random.Generator, *, for_eval: bool = False) -> list[CodeRender]:
+    return code_label(random_code(rng, for_eval=for_eval), rng)

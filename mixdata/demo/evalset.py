@@ -33,10 +33,10 @@ def write_eval(root: Path, scenes: int, words: int, rng: np.random.Generator) ->
                         "choices": list(question.choices)})
     ocr = []
     for index in range(words):
-        render = content.random_code_render(rng, for_eval=True)
+        label = content.random_code_label(rng, for_eval=True)
         name = f"images/code-{index:04d}.png"
-        write_bytes(folder / name, png_bytes(content.draw_code(render)))
-        ocr.append({"image": name, "question": OCR_QUESTION, "answer": render.code})
+        write_bytes(folder / name, png_bytes(content.draw_code(*label)))
+        ocr.append({"image": name, "question": OCR_QUESTION, "answer": label[0].code})
     for split, rows in (("vqa", vqa), ("ocr", ocr), ("captions", captions)):
         write_bytes(folder / f"{split}.jsonl", jsonl_bytes(rows))
     report = KindReport(records=len(vqa) + len(ocr) + len(captions))

@@ -27,9 +27,10 @@ from . import content
 from .files import png_bytes
 
 
-def code_views(render: content.CodeRender, policy: ImagePolicy) -> tuple[np.ndarray, ImagePlan]:
-    """The views [V, H, W, 3] `policy` makes of the code image, and its plan."""
-    processed = process(png_bytes(content.draw_code(render)), policy)
+def code_views(label: list[content.CodeRender],
+               policy: ImagePolicy) -> tuple[np.ndarray, ImagePlan]:
+    """The views [V, H, W, 3] `policy` makes of the label drawing `label`, and its plan."""
+    processed = process(png_bytes(content.draw_code(*label)), policy)
     return cut_tiles(processed.data, processed.plan), processed.plan
 
 
@@ -84,11 +85,11 @@ def code_reader_accuracy(policy: ImagePolicy, *, references: int = 20, trials: i
         rows, labels = [], []
         for digit in range(10):
             for _ in range(count):
-                render = content.code_render(content.DIGITS[digit] * content.CODE_LENGTH, rng)
-                views, plan = code_views(render, policy)
+                label = content.code_label(content.DIGITS[digit] * content.CODE_LENGTH, rng)
+                views, plan = code_views(label, policy)
                 scale = plan.resized_size[0] / width
                 size = (math.ceil(glyph[0] * scale) + 2, math.ceil(glyph[1] * scale) + 2)
-                grey, box = code_window(views, plan, content.digit_boxes(render)[0], width)
+                grey, box = code_window(views, plan, content.digit_boxes(label[0])[0], width)
                 rows.append(code_patch(grey, box, size))
                 labels.append(digit)
         return np.stack(rows), np.asarray(labels)

@@ -48,8 +48,8 @@ def _scene_image(rng: np.random.Generator, shapes: int) -> tuple[content.Scene, 
 
 
 def _code_image(rng: np.random.Generator) -> tuple[str, bytes]:
-    render = content.random_code_render(rng)
-    return render.code, png_bytes(content.draw_code(render))
+    label = content.random_code_label(rng)
+    return label[0].code, png_bytes(content.draw_code(*label))
 
 
 def _cauldron_scenes(rng: np.random.Generator) -> tuple[bytes, list[tuple]]:

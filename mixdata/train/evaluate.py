@@ -8,7 +8,9 @@ stage's image policy), so eval measures what the stage taught, not a prompt mism
 - OCR: exact match under greedy decoding. Greedy decoding emits the answer and then
   `<|end|>` exactly when, with the answer fed in, the arg-max at every answer position is the
   next answer token; so one teacher-forced pass decides the match (`greedy_decode` shows the
-  text, and a test checks that the two agree).
+  text, and a test checks that the two agree). `token_accuracy` is the share of answer
+  tokens (the closing `<|end|>` left out) whose teacher-forced arg-max is right: a reading
+  that gets 3 of 4 digits counts for something, as a character error rate would.
 - Captions: mean cross-entropy per caption token given the image, and given another
   caption's image (`shuffled_loss`).
 """
@@ -87,8 +89,9 @@ def sft_doc(setup: EvalSetup, root: Path, row: dict, answer: str) -> Doc:
 
 
 @torch.no_grad()
-def score_docs(model, setup: EvalSetup, docs: list[Doc]) -> list[tuple[float, int, bool]]:
-    """Per doc: (sum of log-probs of its supervised targets, their count, all arg-max hits)."""
+def score_docs(model, setup: EvalSetup, docs: list[Doc]) -> list[tuple[float, int, bool, int]]:
+    """Per doc: (sum of log-probs of its supervised targets, their count, all arg-max hits,
+    arg-max hits among its supervised targets but the last)."""
     model.eval()
     out = []
     for first in range(0, len(docs), setup.batch_size):
@@ -100,8 +103,9 @@ def score_docs(model, setup: EvalSetup, docs: list[Doc]) -> list[tuple[float, in
         logprobs = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
         hits = (logits.argmax(-1) == labels) | ~supervised
         for row in range(len(chunk)):
+            targets = supervised[row].nonzero()[:, 0]
             out.append((float(logprobs[row][supervised[row]].sum()), int(supervised[row].sum()),
-                        bool(hits[row].all())))
+                        bool(hits[row].all()), int(hits[row][targets[:-1]].sum())))
     return out
 
 
@@ -134,7 +138,10 @@ def eval_vqa(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
 
 def eval_ocr(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
     scores = score_docs(model, setup, [sft_doc(setup, root, r, r["answer"]) for r in rows])
-    return {"exact_match": sum(hit for _, _, hit in scores) / len(rows), "n": len(rows)}
+    answer_tokens = sum(count - 1 for _, count, _, _ in scores)
+    return {"exact_match": sum(hit for _, _, hit, _ in scores) / len(rows),
+            "token_accuracy": sum(right for *_, right in scores) / answer_tokens,
+            "n": len(rows)}
 
 
 def eval_captions(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
@@ -148,7 +155,7 @@ def eval_captions(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict
         docs = [render_example(setup, image, [(r["caption"], None)], "caption")
                 for image, r in zip(pairing, rows)]
         scores = score_docs(model, setup, docs)
-        losses.append(-sum(lp for lp, _, _ in scores) / sum(n for _, n, _ in scores))
+        losses.append(-sum(lp for lp, *_ in scores) / sum(n for _, n, *_ in scores))
     return {"loss": losses[0], "shuffled_loss": losses[1], "n": len(rows)}
 
 

@@ -101,13 +101,14 @@ def _cell(results: dict, task: str, key: str, width: int) -> str:
 
 
 COLUMNS = (("VQA acc", "vqa", "accuracy"), ("chance", "vqa", "chance"),
-           ("OCR EM", "ocr", "exact_match"), ("caption loss", "caption", "loss"),
-           ("shuffled imgs", "caption", "shuffled_loss"))
+           ("OCR EM", "ocr", "exact_match"), ("OCR tok", "ocr", "token_accuracy"),
+           ("caption loss", "caption", "loss"), ("shuffled imgs", "caption", "shuffled_loss"))
 
 
 def format_table(table: dict) -> str:
-    """One row per stage: what it started from, VQA accuracy (and chance), OCR exact match,
-    caption loss with the true images and with the images shuffled among the captions."""
+    """One row per stage: what it started from, VQA accuracy (and chance), OCR exact match and
+    token accuracy, caption loss with the true images and with the images shuffled among the
+    captions."""
     header = f"{'stage':<12} {'from':<12}" + "".join(f" {name}" for name, _, _ in COLUMNS)
     lines = [header, "-" * len(header)]
     for stage, results in table.items():
@@ -125,7 +126,8 @@ def print_table(run_dir: Path) -> None:
 
 
 METRICS = (("VQA accuracy", "vqa", "accuracy"), ("VQA chance", "vqa", "chance"),
-           ("OCR exact match", "ocr", "exact_match"), ("caption loss", "caption", "loss"),
+           ("OCR exact match", "ocr", "exact_match"),
+           ("OCR token accuracy", "ocr", "token_accuracy"), ("caption loss", "caption", "loss"),
            ("caption loss, shuffled images", "caption", "shuffled_loss"))
 
 
