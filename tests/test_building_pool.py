@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from mixdata.building.pool import Executor, open_engine
+from mixdata.building.engines import open_engine
+from mixdata.building.pool import Executor
 from mixdata.errors import MixdataError
 
 

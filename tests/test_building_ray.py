@@ -16,7 +16,7 @@ import yaml
 
 from mixdata.building import build_stage
 from mixdata.building import stage as stage_module
-from mixdata.building.pool import RAY_LOOPBACK
+from mixdata.building.engines import RAY_LOOPBACK
 from mixdata.building.prepare import prepare_unit
 from mixdata.errors import MixdataError
 from mixdata.manifest import read_manifest

@@ -56,7 +56,7 @@ def build(workers: int, out: Path) -> list[dict]:
     from scale_builds import all_data_recipe
 
     import mixdata.building.stage as stage_module
-    from mixdata.building.pool import open_engine
+    from mixdata.building.engines import open_engine
     from mixdata.recipe import load_recipe
 
     os.environ.update(TIMELINE_T0=str(time.time()), TIMELINE_DIR=str(out))

@@ -16,14 +16,14 @@ task, so the engine counts the re-run attempts per phase (`retries`), which the 
 in the manifest's `run` section.
 
 Where it runs: with `address` None, a private Ray instance on this machine (`workers` CPUs,
-no dashboard) that listens on 127.0.0.1 only and stops with the build; `pool.open_engine`
+no dashboard) that listens on 127.0.0.1 only and stops with the build; `engines.open_engine`
 sets `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` before Ray is imported, which is Ray's switch for
 a loopback-only node. With an address (`host:port` of `ray start --head`, or "auto"), the
 existing cluster, which the build leaves running. Every node must see the build's output
 folder at the same path (it holds the prepared units) and have the same mixdata installed.
 Ray starts on the first task that needs a worker, so a build with nothing to do never
 connects. An address nothing answers at is a MixdataError after about half a minute (Ray
-alone keeps trying for about ten: `pool.open_engine` shortens its waits, `CONNECT_ENV`,
+alone keeps trying for about ten: `engines.open_engine` shortens its waits, `CONNECT_ENV`,
 unless they are set, before Ray is imported, which is when Ray reads them).
 """
 from __future__ import annotations

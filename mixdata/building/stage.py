@@ -26,6 +26,7 @@ from ..errors import MixdataError
 from ..manifest import write_manifest
 from ..sources import open_source
 from ..storage import remove_temp_files, write_json_atomic
+from .engines import open_engine
 from .manifest import build_manifest
 from .plan import (
     CHUNK_DOCS,
@@ -37,7 +38,7 @@ from .plan import (
     shard_hash,
     stage_budget,
 )
-from .pool import Engine, TaskHook, open_engine
+from .pool import Engine, TaskHook
 from .prepare import UnitStats, cached_stats, prepare_unit, task_for
 from .rejects import RejectGuard, write_rejects
 from .schedule import PrepareWork, task_order, unit_sizes
@@ -61,7 +62,7 @@ class BuildOptions:
     stop at the first reject; `on_result(phase, done)`: called after each finished unit
     ("prepare"), plan chunk ("plan") and shard ("write"), e.g. by tests that crash a build at
     a given point; `engine`: "local" (a process pool) or "ray", or an engine already open
-    (`pool.open_engine`), which the build then uses and leaves open, e.g. for several stages
+    (`engines.open_engine`), which the build then uses and leaves open, e.g. for several stages
     on one Ray instance; `address`: an existing Ray cluster's (`ray start --head` prints it;
     "auto" finds it), else Ray starts privately.
     """

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..building import build_stage
-    from ..building.pool import open_engine
+    from ..building.engines import open_engine
     from ..building.report import summary_table
     from ..manifest import read_manifest
     from ..recipe import load_recipe
