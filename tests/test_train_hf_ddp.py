@@ -11,11 +11,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from hf_fixtures import built, model_setup, setup_recipe
+from ranks import failure, on_ranks
 from test_train_hf import SFT, generate_on, losses, weights
 from test_train_hf_packing import doc_alone, sequences
-from test_train_loop import ListBatches, _free_port
+from test_train_loop import ListBatches
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from mixdata.loading.families import family_collator
@@ -56,30 +56,6 @@ def run(folder, batches, tmp, *, ctx: Dist, accumulation: int, strategy: str = "
     return losses, {name: tensor.numpy().copy() for name, tensor in weights.items()}
 
 
-def on_two_ranks(target, *args, timeout: float = 600) -> dict:
-    """Rank -> what `target(rank, port, *args, queue)` put as `(rank, result, error)`, from 2
-    spawned processes; a rank that fails reports at once, and a hang times out."""
-    context = mp.get_context("spawn")
-    queue, port = context.Queue(), _free_port()
-    procs = [context.Process(target=target, args=(r, port, *args, queue)) for r in range(2)]
-    for proc in procs:
-        proc.start()
-    results = {}
-    try:
-        while len(results) < 2:
-            rank, result, error = queue.get(timeout=timeout)
-            assert error is None, f"rank {rank} failed: {error}"
-            results[rank] = result
-    finally:
-        for proc in procs:
-            proc.join(timeout=60)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-    assert all(proc.exitcode == 0 for proc in procs)
-    return results
-
-
 def _worker(rank, port, folder, tmp, batches, strategy, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
@@ -87,9 +63,10 @@ def _worker(rank, port, folder, tmp, batches, strategy, queue):
     try:
         ctx = Dist(rank, 2, torch.device("cpu"))
         queue.put((rank, run(folder, batches[rank::2], tmp / f"r{rank}", ctx=ctx,
-                             accumulation=1, strategy=strategy), None))
-    except Exception as err:  # noqa: BLE001 - reported to the test, which fails at once
-        queue.put((rank, None, repr(err)))
+                             accumulation=1, strategy=strategy)))
+    except BaseException:
+        queue.put((rank, failure()))
+        raise
     finally:
         torch.distributed.destroy_process_group()
 
@@ -107,7 +84,7 @@ def test_two_gloo_ranks_match_one_process(strategy, tmp_path):
             if not any(m["doc"] == d for m in s.meta["images"])][:STEPS]
     assert len(with_images) == len(text) == STEPS
     interleaved = [b for pair in zip(with_images, text) for b in pair]
-    results = on_two_ranks(_worker, setup.folder, tmp_path, interleaved, strategy)
+    results = on_ranks(_worker, setup.folder, tmp_path, interleaved, strategy)
     single, params = run(setup.folder, interleaved, tmp_path / "one", ctx=Dist(0, 1, torch.device(
         "cpu")), accumulation=2)
     assert results[0][0] == results[1][0]
@@ -124,9 +101,10 @@ def _recipe_worker(rank, port, recipe, out, queue):
     torch.set_num_threads(1)
     try:
         train_recipe(recipe, out=out, device="cpu", progress=False)
-        queue.put((rank, True, None))
-    except Exception as err:  # noqa: BLE001 - reported to the test, which fails at once
-        queue.put((rank, None, repr(err)))
+        queue.put((rank, True))
+    except BaseException:
+        queue.put((rank, failure()))
+        raise
 
 
 @pytest.mark.slow
@@ -144,7 +122,7 @@ def test_fsdp_stages_of_an_hf_model_equal_ddp_and_export_whole(tmp_path, monkeyp
     runs = {}
     for strategy in ("ddp", "fsdp"):
         runs[strategy] = tmp_path / strategy
-        on_two_ranks(_recipe_worker, replace(recipe, train={**recipe.train, "parallel": {
+        on_ranks(_recipe_worker, replace(recipe, train={**recipe.train, "parallel": {
             "strategy": strategy, "activation_checkpointing": strategy == "fsdp"}}),
             runs[strategy])
     ddp, fsdp = runs["ddp"], runs["fsdp"]

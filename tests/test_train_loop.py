@@ -1,12 +1,11 @@
 """The training loop on contract batches: exact resume, loss normalisation across
 accumulation and ranks, zero-supervision errors, stage hand-over, and 2-process DDP (gloo)."""
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
+from ranks import failure, on_ranks
 from test_train_model import SPEC, make_doc, tiny_config
 
 from mixdata.errors import MixdataError
@@ -131,12 +130,6 @@ def test_next_stage_starts_from_the_merged_final_weights(tmp_path):
     assert not torch.equal(fresh.model.lm.blocks[0].attn.q.weight, merged["lm.blocks.0.attn.q.weight"])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _ddp_worker(rank, port, tmp, batches, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
@@ -145,7 +138,11 @@ def _ddp_worker(rank, port, tmp, batches, queue):
         ctx = Dist(rank, 2, torch.device("cpu"))
         mine = batches[rank::2]
         losses, state = run_stage(tmp, mine, steps=3, micro=1, ctx=ctx)
-        queue.put((rank, losses, [p.detach().numpy().copy() for p in state.model.parameters()]))  # by value
+        params = [p.detach().numpy().copy() for p in state.model.parameters()]  # by value
+        queue.put((rank, (losses, params)))
+    except BaseException:
+        queue.put((rank, failure()))
+        raise
     finally:
         torch.distributed.destroy_process_group()
 
@@ -156,18 +153,7 @@ def test_two_gloo_ranks_match_one_process_with_accumulation(tmp_path):
     with_images = make_batches(5, 3, rows=1)
     without = make_batches(6, 3, rows=1, with_images=False)
     interleaved = [b for pair in zip(with_images, without) for b in pair]
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    port = _free_port()
-    procs = [context.Process(target=_ddp_worker, args=(r, port, tmp_path, interleaved, queue))
-             for r in range(2)]
-    for proc in procs:
-        proc.start()
-    results = {rank: (losses, params) for rank, losses, params in
-                   (queue.get() for _ in procs)}
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
+    results = on_ranks(_ddp_worker, tmp_path, interleaved)
     single, state = run_stage(tmp_path / "single", interleaved, steps=3, micro=1, accumulation=2)
     assert results[0][0] == results[1][0]
     np.testing.assert_allclose(results[0][0], single, rtol=1e-5)

@@ -9,19 +9,16 @@ DeviceMesh, gloo all-gather / reduce-scatter). Nothing here says anything about 
 import contextlib
 import json
 import os
-import queue
-import socket
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from ranks import failure, free_port, on_ranks
 from test_train_config import recipe_with
 from test_train_loop import SEQ_LEN, ListBatches, make_batches
 from test_train_model import tiny_config
@@ -157,17 +154,10 @@ def _worker(rank, port, tmp, batches, results):
         out = _scenarios(Dist(rank, 2, torch.device("cpu")), tmp, batches[rank::2])
         results.put((rank, out))
     except BaseException:
-        # the traceback as text: any exception, even one that does not pickle, gets home
-        results.put((rank, RuntimeError(traceback.format_exc())))
+        results.put((rank, failure()))
         raise
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def interleaved_batches():
@@ -182,44 +172,8 @@ def interleaved_batches():
 def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ranks")
     batches = interleaved_batches()
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    procs = [context.Process(target=_worker, args=(r, port, str(tmp), batches, results))
-             for r in range(2)]
-    for proc in procs:
-        proc.start()
-    try:
-        got = collect(results, procs, deadline=time.monotonic() + 600)
-    finally:
-        for proc in procs:
-            proc.join(timeout=60)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
-        results.close()
-        results.join_thread()
-    exits = {rank: proc.exitcode for rank, proc in enumerate(procs)}
-    # every failure is reported: a rank that dies first fails the other's next collective
-    failed = {rank: value for rank, value in got.items() if isinstance(value, BaseException)}
-    assert len(got) == 2 and not failed, f"exit codes {exits}; results from ranks {sorted(got)}; " \
-        + "; ".join(f"rank {r}: {e}" for r, e in failed.items())
-    assert set(exits.values()) == {0}, exits
+    got = on_ranks(_worker, str(tmp), batches)
     return got, batches, tmp
-
-
-def collect(results, procs, deadline: float) -> dict:
-    """Each rank's result, until both came, every rank has exited, or the deadline passed
-    (a rank killed by a signal sends nothing)."""
-    got = {}
-    while len(got) < len(procs) and time.monotonic() < deadline:
-        try:
-            rank, value = results.get(timeout=1.0)
-            got[rank] = value
-        except queue.Empty:
-            if not any(proc.is_alive() for proc in procs):
-                break
-    return got
 
 
 def test_two_ranks_give_the_losses_of_one_process_under_ddp_and_fsdp(two_ranks, tmp_path):
@@ -367,7 +321,7 @@ def test_mixdata_train_under_torchrun_with_fsdp(tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
                 "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                "--master-port", str(_free_port()), "-m", "mixdata.cli", "train", "tiny.yaml",
+                "--master-port", str(free_port()), "-m", "mixdata.cli", "train", "tiny.yaml",
                 "--out", "run", "--device", "cpu", "--quiet", "--workers", "1"]
     env = {**os.environ, "MIXDATA_DEMO_SCALE": "0.02", "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(torchrun, cwd=tmp_path, env=env, capture_output=True, text=True,
