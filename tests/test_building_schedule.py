@@ -42,6 +42,9 @@ def test_unit_sizes_share_a_files_bytes_and_count_units_when_remote(tmp_path):
     assert unit_sizes([f"{big}#rg=0", f"{big}#rg=1", str(small)]) == [500.0, 500.0, 1.0]
     assert unit_sizes([str(big), "s3://bucket/x.tar"]) == [1.0, 1.0]
     assert unit_sizes([str(tmp_path / "gone.tar")]) == [1.0]
+    spaced = tmp_path / "my shard.tar"  # a file:// URL is percent-decoded, as storage reads it
+    spaced.write_bytes(b"x" * 300)
+    assert unit_sizes([f"file://{tmp_path}/my%20shard.tar"]) == [300.0]
 
 
 def test_the_estimate_uses_each_sources_rate_else_the_overall_one():

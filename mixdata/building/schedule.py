@@ -20,14 +20,16 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 
+from ..storage import is_local, local_path
+
 
 def unit_sizes(units: list[str]) -> list[float]:
     """Input bytes of each unit (at least 1), or 1 each when any is not a local file."""
     files = [unit.split("#", 1)[0] for unit in units]
-    if any("://" in f and not f.startswith("file://") for f in files):
+    if not all(is_local(f) for f in files):
         return [1.0] * len(units)
     try:
-        sizes = {f: os.path.getsize(f.removeprefix("file://")) for f in set(files)}
+        sizes = {f: os.path.getsize(local_path(f)) for f in set(files)}
     except OSError:
         return [1.0] * len(units)
     counts = Counter(files)
