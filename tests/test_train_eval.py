@@ -116,6 +116,33 @@ def test_greedy_decoding_agrees_with_teacher_forced_exact_match(split, setup):
     assert hits[0] and not all(hits)
 
 
+def test_vqa_accuracy_by_kind_counts_each_kind_on_its_own(split, setup, tmp_path):
+    model = byte_model(setup)
+    rows = read_split(split, "vqa", None)
+    assert {r["kind"] for r in rows} <= {"colour", "shape", "position", "count"}
+    chosen = rows[0]["kind"]
+    forced = []
+    for row in rows:  # the model's favourite is right for one kind and wrong for the rest
+        scores = [s[0] for s in score_docs(model, setup, [sft_doc(setup, split, row, c)
+                                                          for c in row["choices"]])]
+        pick = np.argmax(scores) if row["kind"] == chosen else np.argmin(scores)
+        forced.append(dict(row, answer=row["choices"][int(pick)]))
+    folder = tmp_path / "forced"
+    (folder / "images").mkdir(parents=True)
+    for row in rows:
+        (folder / row["image"]).write_bytes((split / row["image"]).read_bytes())
+    (folder / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in forced))
+    vqa = evaluate(model, setup, folder, tasks=("vqa",))["vqa"]
+    by_kind = vqa["by_kind"]
+    assert sum(m["n"] for m in by_kind.values()) == vqa["n"] == len(rows)
+    assert {k: m["accuracy"] for k, m in by_kind.items()} == {
+        k: float(k == chosen) for k in {r["kind"] for r in rows}}
+    assert vqa["accuracy"] == pytest.approx(by_kind[chosen]["n"] / len(rows))
+    for kind, metrics in by_kind.items():
+        of_kind = [r for r in rows if r["kind"] == kind]
+        assert metrics["chance"] == pytest.approx(np.mean([1 / len(r["choices"]) for r in of_kind]))
+
+
 def test_table_and_json(tmp_path):
     record_eval(tmp_path, "pretrain", {"vqa": {"accuracy": 0.25, "chance": 0.24, "n": 4},
                                        "caption": {"loss": 2.5, "n": 4}})
@@ -125,3 +152,10 @@ def test_table_and_json(tmp_path):
     assert list(table) == ["pretrain", "sft"]
     text = format_table(table)
     assert "0.750" in text and "2.500" in text and text.splitlines()[2].split()[4] == "-"
+    assert "by question kind" not in text  # no stage reports it
+    record_eval(tmp_path, "sft", {"vqa": {"accuracy": 0.75, "chance": 0.24, "n": 4, "by_kind": {
+        "colour": {"accuracy": 1.0, "chance": 1 / 6, "n": 2},
+        "shape": {"accuracy": 0.5, "chance": 0.25, "n": 2}}}})
+    lines = format_table(json.loads((tmp_path / "eval.json").read_text())).splitlines()
+    assert lines[-2] == "VQA accuracy by question kind (chance):"
+    assert lines[-1].split() == ["sft", "colour", "1.000", "(0.17)", "shape", "0.500", "(0.25)"]

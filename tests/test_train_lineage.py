@@ -125,3 +125,19 @@ def test_tables_say_what_each_stage_started_from(tmp_path):
     assert reading.split()[-3:] == ["0.750", "0.350", "+0.400"]
     vqa = next(line for line in side if line.startswith("VQA accuracy"))
     assert vqa.split()[-1] == "+0.050"
+    assert not any("VQA accuracy," in line for line in side)  # no run reports kinds
+
+
+def test_the_side_by_side_table_has_vqa_by_kind_where_a_run_has_it(tmp_path):
+    kinds = results(0.6, 0.0, None)
+    kinds["vqa"]["by_kind"] = {"colour": {"accuracy": 0.9, "chance": 0.17, "n": 2},
+                               "shape": {"accuracy": 0.3, "chance": 0.25, "n": 2}}
+    full = write_run(tmp_path / "full", stage_chain(("pretrain",)), table={"pretrain": kinds})
+    plain = write_run(tmp_path / "plain", stage_chain(("pretrain",)),
+                      table={"pretrain": results(0.5, 0.0, None)})
+    side = compare_runs([full, plain]).splitlines()
+    labels = [line.split("  ")[0].strip() for line in side[3:]]
+    assert labels[:4] == ["VQA accuracy", "VQA chance", "VQA accuracy, colour",
+                          "VQA accuracy, shape"]
+    colour = next(line for line in side if line.startswith("VQA accuracy, colour"))
+    assert colour.split()[-2:] == ["0.900", "-"]  # the other run has no kinds: no difference

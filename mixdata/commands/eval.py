@@ -8,8 +8,10 @@ def register(sub) -> None:
     parser = sub.add_parser(
         "eval", help="evaluate training runs' stages on the held-out split, or compare runs",
         description="Load each finished stage's weights from RUN_DIR (RUN_DIR/<stage>/final.pt), "
-                    "evaluate VQA accuracy (with chance), OCR exact match and token accuracy (the "
-                    "share of answer tokens read right), caption loss "
+                    "evaluate VQA accuracy (with chance, and by question kind where the "
+                    "split's rows name one: the demo's colour, shape, position, count), OCR "
+                    "exact match and token accuracy (the share of answer tokens read right), "
+                    "caption loss "
                     "(with the true images and with the images shuffled among the captions) on "
                     "the held-out split with that stage's image policy, print a table and save "
                     "it to RUN_DIR/eval.json. With several run folders, also print them side "

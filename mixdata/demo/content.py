@@ -26,8 +26,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
 SHAPES = ("circle", "square", "triangle", "diamond")
 POSITIONS = ("left", "center", "right", "top", "bottom")
 NUMBERS = ("one", "two", "three")
-_PLACE = {"left": "on the left", "right": "on the right", "top": "at the top",
-          "bottom": "at the bottom", "center": "in the center"}
+PLACE_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
+                 "bottom": "at the bottom", "center": "in the center"}
 _CENTRES = {"left": (14, 32), "center": (32, 32), "right": (50, 32), "top": (32, 13),
             "bottom": (32, 51)}
 
@@ -57,7 +57,7 @@ class Item:
 
     @property
     def phrase(self) -> str:
-        return f"a {self.colour} {self.shape} {_PLACE[self.position]}"
+        return f"a {self.colour} {self.shape} {PLACE_PHRASES[self.position]}"
 
 
 Scene = tuple[Item, ...]
@@ -122,7 +122,7 @@ def questions(scene: Scene) -> list[Question]:
     """Every unambiguous one-word question about a scene."""
     out = [Question("How many shapes are there?", NUMBERS[len(scene) - 1], NUMBERS, "count")]
     for item in scene:
-        place = _PLACE[item.position]
+        place = PLACE_PHRASES[item.position]
         out.append(Question(f"What colour is the shape {place}?", item.colour,
                             tuple(COLOURS), "colour"))
         out.append(Question(f"What shape is {place}?", item.shape, SHAPES, "shape"))

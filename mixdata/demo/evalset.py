@@ -3,7 +3,8 @@
 Scenes and codes come only from the held-out side of `content.held_out`, so no eval scene
 (as a whole) and no eval code appears in any training file. VQA
 questions are asked about the caption images, so a test can check the whole split through
-the captions. Image paths are relative to `eval/`.
+the captions; each names its kind (colour, shape, position or count), which eval reports
+accuracy by. Image paths are relative to `eval/`.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def write_eval(root: Path, scenes: int, words: int, rng: np.random.Generator) ->
         for i in rng.choice(len(options), size=QUESTIONS_PER_SCENE, replace=False):
             question = options[int(i)]
             vqa.append({"image": name, "question": question.question, "answer": question.answer,
-                        "choices": list(question.choices)})
+                        "choices": list(question.choices), "kind": question.category})
     ocr = []
     for index in range(words):
         label = content.random_code_label(rng, for_eval=True)

@@ -126,14 +126,26 @@ def eval_vqa(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
             docs.append(sft_doc(setup, root, row, choice))
             owners.append(index)
     scores = score_docs(model, setup, docs)
-    correct, cursor = 0, 0
+    right, cursor = [], 0
     for row in rows:
         candidates = scores[cursor:cursor + len(row["choices"])]
         cursor += len(row["choices"])
         best = max(range(len(candidates)), key=lambda i: candidates[i][0])
-        correct += row["choices"][best] == row["answer"]
+        right.append(row["choices"][best] == row["answer"])
+    result = vqa_accuracy(rows, right)
+    kinds = sorted({r["kind"] for r in rows if "kind" in r})
+    if kinds:
+        result["by_kind"] = {
+            kind: vqa_accuracy(*zip(*[(r, hit) for r, hit in zip(rows, right)
+                                      if r.get("kind") == kind]))
+            for kind in kinds}
+    return result
+
+
+def vqa_accuracy(rows, right) -> dict:
+    """Accuracy of `right` (one bool per row), beside the chance of guessing among choices."""
     chance = sum(1 / len(r["choices"]) for r in rows) / len(rows)
-    return {"accuracy": correct / len(rows), "chance": chance, "n": len(rows)}
+    return {"accuracy": sum(right) / len(rows), "chance": chance, "n": len(rows)}
 
 
 def eval_ocr(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:

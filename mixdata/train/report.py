@@ -108,13 +108,20 @@ COLUMNS = (("VQA acc", "vqa", "accuracy"), ("chance", "vqa", "chance"),
 def format_table(table: dict) -> str:
     """One row per stage: what it started from, VQA accuracy (and chance), OCR exact match and
     token accuracy, caption loss with the true images and with the images shuffled among the
-    captions."""
+    captions; then VQA accuracy by question kind, for stages whose eval reports it."""
     header = f"{'stage':<12} {'from':<12}" + "".join(f" {name}" for name, _, _ in COLUMNS)
     lines = [header, "-" * len(header)]
     for stage, results in table.items():
         origin = results.get("started_from") or "-"
         cells = "".join(" " + _cell(results, task, key, len(name)) for name, task, key in COLUMNS)
         lines.append(f"{stage:<12} {origin:<12}{cells}")
+    by_kind = [(stage, r["vqa"]["by_kind"]) for stage, r in table.items()
+               if r.get("vqa", {}).get("by_kind")]
+    if by_kind:
+        lines.append("VQA accuracy by question kind (chance):")
+        lines += [f"{stage:<12} " + "  ".join(f"{kind} {m['accuracy']:.3f} ({m['chance']:.2f})"
+                                             for kind, m in kinds.items())
+                  for stage, kinds in by_kind]
     return "\n".join(lines)
 
 
@@ -125,10 +132,25 @@ def print_table(run_dir: Path) -> None:
         print(format_table(json.loads(path.read_text())))
 
 
-METRICS = (("VQA accuracy", "vqa", "accuracy"), ("VQA chance", "vqa", "chance"),
-           ("OCR exact match", "ocr", "exact_match"),
-           ("OCR token accuracy", "ocr", "token_accuracy"), ("caption loss", "caption", "loss"),
-           ("caption loss, shuffled images", "caption", "shuffled_loss"))
+METRICS = (("VQA accuracy", ("vqa", "accuracy")), ("VQA chance", ("vqa", "chance")),
+           ("OCR exact match", ("ocr", "exact_match")),
+           ("OCR token accuracy", ("ocr", "token_accuracy")),
+           ("caption loss", ("caption", "loss")),
+           ("caption loss, shuffled images", ("caption", "shuffled_loss")))
+
+
+def metric_rows(results: list[dict]) -> list[tuple[str, tuple[str, ...]]]:
+    """METRICS, with VQA accuracy by question kind after VQA chance for the kinds any of
+    `results` reports (chance per kind in brackets would crowd the table; eval.json has it)."""
+    kinds = sorted({k for r in results for k in r.get("vqa", {}).get("by_kind", {})})
+    by_kind = [(f"VQA accuracy, {kind}", ("vqa", "by_kind", kind, "accuracy")) for kind in kinds]
+    return [*METRICS[:2], *by_kind, *METRICS[2:]]
+
+
+def _lookup(results: dict, path: tuple[str, ...]):
+    for key in path:
+        results = results.get(key, {}) if isinstance(results, dict) else {}
+    return results if isinstance(results, (int, float)) else None
 
 
 def compare_runs(run_dirs: list[str | Path]) -> str:
@@ -146,14 +168,15 @@ def compare_runs(run_dirs: list[str | Path]) -> str:
             raise MixdataError(f"{run_dir} has no evaluated stage ({path})")
         columns.append((str(run_dir), " > ".join(chain.stages), table[done[-1]]))
     width = max(24, *(len(c[0]) for c in columns), *(len(c[1]) for c in columns))
-    names = max(len(m[0]) for m in METRICS)
+    metrics = metric_rows([c[2] for c in columns])
+    names = max(len(m[0]) for m in metrics)
     diff = len(columns) == 2
     lines = [f"{'run':<{names}}" + "".join(f"  {c[0]:>{width}}" for c in columns)
              + ("  difference" if diff else ""),
              f"{'stages':<{names}}" + "".join(f"  {c[1]:>{width}}" for c in columns)]
     lines.append("-" * len(lines[0]))
-    for label, task, key in METRICS:
-        values = [c[2].get(task, {}).get(key) for c in columns]
+    for label, path in metrics:
+        values = [_lookup(c[2], path) for c in columns]
         row = f"{label:<{names}}" + "".join(
             f"  {v:>{width}.3f}" if v is not None else f"  {'-':>{width}}" for v in values)
         if diff and None not in values:

@@ -1,0 +1,23 @@
+"""tools/grounding_probe.py reads the demo's captions as the generator writes them."""
+import importlib.util
+import itertools
+from pathlib import Path
+
+from mixdata.demo import content
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "grounding_probe.py"
+spec = importlib.util.spec_from_file_location("grounding_probe", TOOL)
+probe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(probe)
+
+
+def test_every_one_shape_caption_round_trips_and_two_shape_ones_are_skipped():
+    for rank, colour, shape in itertools.product(range(len(content.POSITIONS)), content.COLOURS,
+                                                 content.SHAPES):
+        caption = content.describe((content.Item(position_rank=rank, colour=colour,
+                                                 shape=shape),))
+        truth = probe.one_shape(caption)
+        assert probe.caption_of(truth) == caption
+        assert all(truth[a] in values for a, values in probe.VALUES.items())
+    pair = tuple(content.Item(position_rank=r, colour="red", shape="circle") for r in (0, 1))
+    assert probe.one_shape(content.describe(pair)) is None

@@ -1,0 +1,91 @@
+"""Which scene attributes a trained stage of the demo sees: colour, shape and position.
+
+For each held-out one-shape caption ("a red circle on the right."), the caption is scored
+(teacher-forced log-likelihood, with its image) once per value of one attribute, the others
+kept, and the attribute counts as seen when the true value scores best. Chance is one over
+the number of values. No training format is assumed beyond pre-training's captions, so it
+reads a pre-trained stage directly, where the SFT-format VQA eval cannot.
+
+Held-out scenes are whole combinations that no training file holds (`content.held_out`): a
+one-shape eval scene's colour, shape and position never appeared together in training. A
+model that sees the colour and recalls which shapes and places went with it in training is
+therefore *below* chance on shape and position, which this probe shows and caption loss
+alone does not.
+
+    PYTHONPATH=. .venv/bin/python tools/grounding_probe.py runs/demo --stage pretrain
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from mixdata.demo import content
+from mixdata.recipe import parse_recipe
+from mixdata.tokens import load_tokenizer
+from mixdata.train.checkpoint import FINAL, load_weights
+from mixdata.train.config import parse_train
+from mixdata.train.evaluate import EvalSetup, read_split, render_example, score_docs
+from mixdata.train.model import model_config
+from mixdata.train.stage import init_model
+
+VALUES = {"colour": tuple(content.COLOURS), "shape": content.SHAPES,
+          "position": tuple(content.PLACE_PHRASES.values())}
+
+
+def one_shape(caption: str) -> dict[str, str] | None:
+    """{colour, shape, position phrase} of a one-shape caption, else None."""
+    words = caption.rstrip(".").split(" ", 3)
+    if " and " in caption or len(words) != 4 or words[0] != "a":
+        return None
+    return {"colour": words[1], "shape": words[2], "position": words[3]}
+
+
+def caption_of(attributes: dict[str, str]) -> str:
+    return f"a {attributes['colour']} {attributes['shape']} {attributes['position']}."
+
+
+def attribute_accuracy(model, setup: EvalSetup, image: bytes, truth: dict[str, str],
+                       attribute: str) -> bool:
+    options = VALUES[attribute]
+    captions = [caption_of({**truth, attribute: value}) for value in options]
+    scores = score_docs(model, setup, [render_example(setup, image, [(c, None)], "caption")
+                                       for c in captions])
+    best = max(range(len(options)), key=lambda i: scores[i][0])
+    return options[best] == truth[attribute]
+
+
+def load_stage(run: Path, stage: str):
+    saved = json.loads((run / "run.json").read_text())
+    recipe = parse_recipe(saved["recipe"], file=saved.get("recipe_file"))
+    tokenizer = load_tokenizer(recipe.tokenizer)
+    model = init_model(model_config(parse_train(recipe).model_spec, tokenizer.vocab_size), seed=0)
+    load_weights(run / stage / FINAL, model)
+    return recipe, tokenizer, model.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a run folder written by `mixdata train`")
+    parser.add_argument("--stage", default="pretrain", help="whose final weights to probe")
+    parser.add_argument("--limit", type=int, default=150, help="one-shape captions at most")
+    args = parser.parse_args()
+    recipe, tokenizer, model = load_stage(args.run, args.stage)
+    root = Path(recipe.demo.ensure()) / "eval"
+    rows = [(r, one_shape(r["caption"])) for r in read_split(root, "caption", None)]
+    rows = [(r, truth) for r, truth in rows if truth][:args.limit]
+    pretrain = recipe.stages["pretrain"]   # captions are seen the way pre-training saw them
+    setup = EvalSetup(tokenizer=tokenizer, policy=pretrain.image, device=torch.device("cpu"),
+                      tokens_per_tile=recipe.image_tokens_per_tile,
+                      seq_len=recipe.stage_seq_len("pretrain"))
+    print(f"{args.run}/{args.stage}: {len(rows)} held-out one-shape captions")
+    for attribute, options in VALUES.items():
+        seen = sum(attribute_accuracy(model, setup, (root / r["image"]).read_bytes(), truth,
+                                      attribute) for r, truth in rows)
+        print(f"  {attribute:<9} {seen / len(rows):.3f}  (chance {1 / len(options):.3f})")
+
+
+if __name__ == "__main__":
+    main()
