@@ -17,19 +17,17 @@ alone does not.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from mixdata.demo import content
-from mixdata.recipe import parse_recipe
+from mixdata.errors import MixdataError
 from mixdata.tokens import load_tokenizer
-from mixdata.train.checkpoint import FINAL, load_weights
+from mixdata.train.checkpoint import FINAL
 from mixdata.train.config import parse_train
 from mixdata.train.evaluate import EvalSetup, read_split, render_example, score_docs
-from mixdata.train.model import model_config
-from mixdata.train.stage import init_model
+from mixdata.train.report import run_recipe, trained_model
 
 VALUES = {"colour": tuple(content.COLOURS), "shape": content.SHAPES,
           "position": tuple(content.PLACE_PHRASES.values())}
@@ -58,12 +56,9 @@ def attribute_accuracy(model, setup: EvalSetup, image: bytes, truth: dict[str, s
 
 
 def load_stage(run: Path, stage: str):
-    saved = json.loads((run / "run.json").read_text())
-    recipe = parse_recipe(saved["recipe"], file=saved.get("recipe_file"))
+    _, recipe = run_recipe(run)
     tokenizer = load_tokenizer(recipe.tokenizer)
-    model = init_model(model_config(parse_train(recipe).model_spec, tokenizer.vocab_size), seed=0)
-    load_weights(run / stage / FINAL, model)
-    return recipe, tokenizer, model.eval()
+    return recipe, tokenizer, trained_model(parse_train(recipe), tokenizer, run / stage / FINAL)
 
 
 def main() -> None:
@@ -72,7 +67,10 @@ def main() -> None:
     parser.add_argument("--stage", default="pretrain", help="whose final weights to probe")
     parser.add_argument("--limit", type=int, default=150, help="one-shape captions at most")
     args = parser.parse_args()
-    recipe, tokenizer, model = load_stage(args.run, args.stage)
+    try:
+        recipe, tokenizer, model = load_stage(args.run, args.stage)
+    except MixdataError as err:
+        parser.error(str(err))
     root = Path(recipe.demo.ensure()) / "eval"
     rows = [(r, one_shape(r["caption"])) for r in read_split(root, "caption", None)]
     rows = [(r, truth) for r, truth in rows if truth][:args.limit]

@@ -120,11 +120,7 @@ def unique_features(model, batch: dict) -> torch.Tensor | None:
 
 
 def eval_vqa(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
-    docs, owners = [], []
-    for index, row in enumerate(rows):
-        for choice in row["choices"]:
-            docs.append(sft_doc(setup, root, row, choice))
-            owners.append(index)
+    docs = [sft_doc(setup, root, row, choice) for row in rows for choice in row["choices"]]
     scores = score_docs(model, setup, docs)
     right, cursor = [], 0
     for row in rows:
@@ -133,12 +129,14 @@ def eval_vqa(model, setup: EvalSetup, root: Path, rows: list[dict]) -> dict:
         best = max(range(len(candidates)), key=lambda i: candidates[i][0])
         right.append(row["choices"][best] == row["answer"])
     result = vqa_accuracy(rows, right)
-    kinds = sorted({r["kind"] for r in rows if "kind" in r})
-    if kinds:
-        result["by_kind"] = {
-            kind: vqa_accuracy(*zip(*[(r, hit) for r, hit in zip(rows, right)
-                                      if r.get("kind") == kind]))
-            for kind in kinds}
+    by_kind: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        if "kind" in row:
+            by_kind.setdefault(row["kind"], []).append(index)
+    if by_kind:
+        result["by_kind"] = {kind: vqa_accuracy([rows[i] for i in picked],
+                                                [right[i] for i in picked])
+                             for kind, picked in sorted(by_kind.items())}
     return result
 
 

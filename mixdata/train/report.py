@@ -49,17 +49,13 @@ def evaluate_stage(model, recipe, config, stage: str, run_dir: Path, device, tok
 
 def evaluate_run(run_dir: str | Path, *, stage: str = "all", device: str = "auto") -> dict:
     """Evaluate the final weights of every finished stage of a run (or only `stage`)."""
-    from ..recipe import parse_recipe
     from ..tokens import load_tokenizer
-    from .checkpoint import FINAL, load_weights
+    from .checkpoint import FINAL
     from .config import parse_train
     from .ddp import pick_device
-    from .model import model_config
-    from .stage import init_model
 
     run_dir = Path(run_dir)
-    saved = _run_file(run_dir)
-    recipe = parse_recipe(saved["recipe"], file=saved.get("recipe_file"))
+    saved, recipe = run_recipe(run_dir)
     chain = saved_chain(saved, list(recipe.stages))
     config = parse_train(recipe)
     names = list(chain.stages) if stage == "all" else [stage]
@@ -70,12 +66,34 @@ def evaluate_run(run_dir: str | Path, *, stage: str = "all", device: str = "auto
     target = pick_device(device)
     results = {}
     for name in finished:
-        model = init_model(model_config(config.model_spec, tokenizer.vocab_size), seed=0)
-        load_weights(run_dir / name / FINAL, model)
+        model = trained_model(config, tokenizer, run_dir / name / FINAL)
         started = chain.before(name) if name in chain.stages else None
         results[name] = evaluate_stage(model.to(target), recipe, config, name, run_dir, target,
                                        tokenizer, started_from=started)
     return results
+
+
+def run_recipe(run_dir: Path):
+    """(run.json's contents, the recipe it trained) of a run folder."""
+    from ..recipe import parse_recipe
+
+    saved = _run_file(run_dir)
+    return saved, parse_recipe(saved["recipe"], file=saved.get("recipe_file"))
+
+
+def trained_model(config, tokenizer, weights: Path):
+    """The built-in VLM of `config` with a stage's saved weights, in eval mode."""
+    from .checkpoint import load_weights
+    from .model import model_config
+    from .stage import init_model
+
+    if not weights.exists():
+        raise MixdataError(f"no weights at {weights}: that stage has not finished; train it "
+                           f"(mixdata train RECIPE --out {weights.parent.parent}) or pick "
+                           f"another stage")
+    model = init_model(model_config(config.model_spec, tokenizer.vocab_size), seed=0)
+    load_weights(weights, model)
+    return model.eval()
 
 
 def _run_file(run_dir: Path) -> dict:
