@@ -46,6 +46,20 @@ def clean_text(text: str) -> str:
     lines lose their edge spaces, at most one blank line separates paragraphs, and the result
     has no leading or trailing whitespace.
     """
+    # Tidying can change what ftfy sees ('\xa0À\x86' -> 'À†', itself mojibake of 'ˠ'), so
+    # a text that changed is cleaned again until it is stable: the output is a fixed point.
+    for _ in range(_MAX_PASSES):
+        cleaned = _clean_once(text)
+        if cleaned == text:
+            break
+        text = cleaned
+    return text
+
+
+_MAX_PASSES = 4
+
+
+def _clean_once(text: str) -> str:
     fixed = unicodedata.normalize("NFC", ftfy.fix_text(text, _FTFY))
     lines = (_INLINE_SPACE.sub(" ", line).strip() for line in fixed.split("\n"))
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()

@@ -34,6 +34,11 @@ def test_clean_text_keeps_typography_and_cjk_punctuation():
     assert clean_text("你好，世界。（测试）") == "你好，世界。（测试）"
 
 
+def test_clean_text_is_stable_when_tidying_exposes_mojibake():
+    # Hypothesis found it: one pass gave 'À†', which a second pass repairs to 'ˠ'
+    assert clean_text("\xa0À\x86") == clean_text(clean_text("\xa0À\x86")) == "ˠ"
+
+
 def test_clean_text_composes_to_nfc_and_drops_control_characters():
     assert clean_text("cafe\u0301") == "café"
     assert clean_text("a\x00b\x07c") == "abc"
