@@ -18,6 +18,7 @@ from .config import Invalid, parse
 from .errors import RecipeError
 from .image.policy import ImagePolicy
 from .sources.options import Filters, HfOptions, SourceOptions
+from .sources.prompting import PROMPTABLE_KINDS
 from .sources.registry import FORMATS, record_formats
 from .tokens.families import FAMILIES
 from .tokens.loader import is_folder_spec
@@ -33,6 +34,9 @@ class SourceSpec:
     # A build stops when more than this share of the records read so far were rejected
     # (checked once at least 100 were read); 1.0 turns the check off.
     max_reject_ratio: float = 0.5
+    # Caption and OCR formats only: each sample becomes a chat turn pair, the image and this
+    # instruction from the user, its text from the assistant (`sources.prompting`).
+    prompt: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,7 +222,7 @@ class _Top:
     train: dict = field(default_factory=dict)
 
 
-_SOURCE_COMMON = ("format", "uri", "filters", "max_reject_ratio")
+_SOURCE_COMMON = ("format", "uri", "filters", "max_reject_ratio", "prompt")
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -351,7 +355,21 @@ def _parse_source(name: str, raw: Any, file: str | None) -> SourceSpec:
         raise RecipeError(f"{key}.as_format", options.as_format,
                           "one of " + ", ".join(record_formats()), file=file)
     return SourceSpec(name=name, format=fmt, uri=uri, options=options, filters=filters,
-                      max_reject_ratio=ratio)
+                      max_reject_ratio=ratio, prompt=_parse_prompt(key, raw, fmt, options, file))
+
+
+def _parse_prompt(key: str, raw: dict, fmt: str, options, file: str | None) -> str | None:
+    if raw.get("prompt") is None:
+        return None
+    prompt = parse(str, raw["prompt"], f"{key}.prompt", file)
+    if not prompt.strip():
+        raise RecipeError(f"{key}.prompt", prompt, "a non-empty instruction", file=file)
+    read_as = options.as_format if isinstance(options, HfOptions) else fmt
+    if FORMATS[read_as].kind not in PROMPTABLE_KINDS:
+        promptable = sorted(f for f, spec in FORMATS.items() if spec.kind in PROMPTABLE_KINDS)
+        raise RecipeError(f"{key}.prompt", prompt, "no prompt: only caption and ocr formats "
+                          "become conversations (" + ", ".join(promptable) + ")", file=file)
+    return prompt
 
 
 def _parse_stage(name: str, raw: Any, sources: dict, file: str | None) -> StageSpec:

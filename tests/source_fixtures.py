@@ -31,9 +31,11 @@ def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
     return path
 
 
-def spec(fmt: str, uri, name: str | None = None, filters: Filters | None = None, **options):
+def spec(fmt: str, uri, name: str | None = None, filters: Filters | None = None,
+         prompt: str | None = None, **options):
     return SourceSpec(name=name or fmt, format=fmt, uri=str(uri) if isinstance(uri, Path) else uri,
-                      options=FORMATS[fmt].options(**options), filters=filters or Filters())
+                      options=FORMATS[fmt].options(**options), filters=filters or Filters(),
+                      prompt=prompt)
 
 
 def read_all(source_spec) -> tuple[list[Sample], list[Reject], list]:

@@ -106,6 +106,13 @@ ERROR_CASES = {
                                                           "text": {"share": 0.2}}),
         "stages.pretrain.mixture", "{'web'", "fixed shares summing to 1 when no source has a "
         "weight (they sum to 0.7)"),
+    "prompt on a text source": (lambda d: d["sources"]["text"].update(prompt="Read it."),
+                                "sources.text.prompt", "'Read it.'",
+                                "no prompt: only caption and ocr formats become conversations"),
+    "empty prompt": (lambda d: d["sources"]["pairs"].update(prompt=" "), "sources.pairs.prompt",
+                     "' '", "a non-empty instruction"),
+    "prompt not text": (lambda d: d["sources"]["pairs"].update(prompt=3), "sources.pairs.prompt",
+                        "3", "a string"),
     "unknown preset": (lambda d: d["stages"]["sft"]["image"].update(preset="llava"),
                        "stages.sft.image.preset", "'llava'", "one of 'none', 'idefics3'"),
 }

@@ -20,15 +20,17 @@ from mixdata.train.connector import ConnectorConfig, build_connector
 from mixdata.train.lm import LMConfig
 from mixdata.train.lora import merge_lora, set_mode
 from mixdata.train.model import (
+    PRESETS,
     VLM,
     ModelConfig,
     check_tokens_per_tile,
     count_parameters,
     model_config,
 )
-from mixdata.train.vision import VisionConfig
+from mixdata.train.vision import VisionConfig, VisionEncoder, sincos_positions
 
 TOKENIZER = load_tokenizer("bytes")
+PRESETS_TINY_VISION = PRESETS["tiny"].vision
 IMAGE_ID, PAD_ID = TOKENIZER.image_id, TOKENIZER.pad_id
 TILE, PER_TILE = 16, 4   # patch 4 -> 4x4 grid, pixel shuffle 2 -> 4 tokens per tile
 POLICY = ImagePolicy(preset="none", max_side=TILE)   # one 16 px view per image
@@ -177,6 +179,38 @@ def test_position_embeddings_interpolate_to_other_tiles():
         assert torch.equal(model.vision.position_embeddings(4), model.vision.pos_embed)
         # a 6x6 grid is a pixel-shuffle-able larger tile: 9 tokens per tile
         assert model.image_features(torch.zeros(1, 3, 24, 24)).shape == (1, 9, 32)
+
+
+def test_fixed_positions_code_each_patch_smoothly_at_unit_amplitude():
+    code = sincos_positions(8, 32, 8)[0].reshape(8, 8, 32)
+    assert code.shape == (8, 8, 32) and float(code.abs().max()) <= 1.0
+    rows, cols = code[..., :16], code[..., 16:]
+    assert torch.equal(rows[:, 0], rows[:, 5]) and torch.equal(cols[0], cols[5])  # separable
+    flat = code.reshape(64, 32)
+    distances = torch.cdist(flat, flat) + torch.eye(64) * 1e9
+    assert bool((distances > 1e-3).all())   # every patch has its own code
+    nearest = distances.argmin(1)           # ... and the closest code is a grid neighbour
+    steps = (nearest // 8 - torch.arange(64) // 8).abs() + (nearest % 8 - torch.arange(64) % 8).abs()
+    assert int(steps.max()) == 1
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_positions(8, 30, 8)
+
+
+def test_fixed_position_scale_adds_to_the_learned_table_and_reaches_the_config():
+    config = VisionConfig(patch=4, base_tile=TILE, dim=32, layers=1, heads=2)
+    torch.manual_seed(0)
+    plain = VisionEncoder(config)
+    torch.manual_seed(0)
+    fixed = VisionEncoder(dataclasses.replace(config, fixed_position=0.5))
+    with torch.no_grad():
+        assert torch.equal(plain.position_embeddings(4), plain.pos_embed)
+        added = fixed.position_embeddings(4) - plain.position_embeddings(4)
+        assert torch.allclose(added, 0.5 * sincos_positions(4, 32, 4))
+        pixels = torch.randn(1, 3, TILE, TILE)
+        assert not torch.allclose(plain(pixels), fixed(pixels))
+    spec = ModelSpec(preset="tiny", vision_position=0.25)
+    assert model_config(spec, 300).vision.fixed_position == 0.25
+    assert model_config(ModelSpec(preset="tiny"), 300).vision == PRESETS_TINY_VISION
 
 
 def test_batch_without_images_still_reaches_every_trainable_parameter():

@@ -16,18 +16,9 @@ alone does not.
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-import torch
-
 from mixdata.demo import content
-from mixdata.errors import MixdataError
-from mixdata.tokens import load_tokenizer
-from mixdata.train.checkpoint import FINAL
-from mixdata.train.config import parse_train
 from mixdata.train.evaluate import EvalSetup, read_split, render_example, score_docs
-from mixdata.train.report import run_recipe, trained_model
+from mixdata.train.report import open_probe, stage_setup
 
 VALUES = {"colour": tuple(content.COLOURS), "shape": content.SHAPES,
           "position": tuple(content.PLACE_PHRASES.values())}
@@ -55,29 +46,13 @@ def attribute_accuracy(model, setup: EvalSetup, image: bytes, truth: dict[str, s
     return options[best] == truth[attribute]
 
 
-def load_stage(run: Path, stage: str):
-    _, recipe = run_recipe(run)
-    tokenizer = load_tokenizer(recipe.tokenizer)
-    return recipe, tokenizer, trained_model(parse_train(recipe), tokenizer, run / stage / FINAL)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a run folder written by `mixdata train`")
-    parser.add_argument("--stage", default="pretrain", help="whose final weights to probe")
-    parser.add_argument("--limit", type=int, default=150, help="one-shape captions at most")
-    args = parser.parse_args()
-    try:
-        recipe, tokenizer, model = load_stage(args.run, args.stage)
-    except MixdataError as err:
-        parser.error(str(err))
-    root = Path(recipe.demo.ensure()) / "eval"
+    args, recipe, tokenizer, model, root = open_probe(
+        __doc__.splitlines()[0], "pretrain", 150, "one-shape captions at most")
     rows = [(r, one_shape(r["caption"])) for r in read_split(root, "caption", None)]
     rows = [(r, truth) for r, truth in rows if truth][:args.limit]
-    pretrain = recipe.stages["pretrain"]   # captions are seen the way pre-training saw them
-    setup = EvalSetup(tokenizer=tokenizer, policy=pretrain.image, device=torch.device("cpu"),
-                      tokens_per_tile=recipe.image_tokens_per_tile,
-                      seq_len=recipe.stage_seq_len("pretrain"))
+    # captions are seen the way pre-training saw them
+    setup = stage_setup(recipe, tokenizer, "pretrain")
     print(f"{args.run}/{args.stage}: {len(rows)} held-out one-shape captions")
     for attribute, options in VALUES.items():
         seen = sum(attribute_accuracy(model, setup, (root / r["image"]).read_bytes(), truth,

@@ -65,7 +65,7 @@ def unit_key(recipe, stage: str, source: str, unit: str) -> str:
     stage_spec = recipe.stages[stage]
     payload = {
         "v": FORMAT_VERSION, "format": spec.format, "unit": unit,
-        "options": repr(spec.options), "filters": repr(spec.filters),
+        "options": repr(spec.options), "filters": repr(spec.filters), "prompt": spec.prompt,
         "image": repr(stage_spec.image), "tokenizer": recipe.tokenizer,
         "seq_len": recipe.stage_seq_len(stage), "tpt": recipe.image_tokens_per_tile,
         "loss": stage_spec.loss, "overflow": stage_spec.pack.on_overflow,

@@ -3,7 +3,8 @@
 `read_clean(source, unit)` wraps `source.read(unit)`: every text part goes through
 `text.clean_text`, then the source's recipe `filters:` are checked. A failing check turns the
 Sample into a Reject with reason `filter:<name>` (e.g. `filter:min_words`), so every record
-read still yields exactly one Sample or one Reject. `check_filters` is the pure core.
+read still yields exactly one Sample or one Reject. `check_filters` is the pure core. A source
+with a `prompt` yields its samples as conversations (`prompting.as_conversation`).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from ..text import (
     word_repetition,
 )
 from .options import Filters
+from .prompting import as_conversation
 
 # filter name -> (measure, is the limit a maximum?)
 _TEXT_LIMITS = {
@@ -155,8 +157,9 @@ def read_unit(source, unit: str) -> Iterator[Sample | Reject]:
 
 
 def read_clean(source, unit: str) -> Iterator[Sample | Reject]:
-    """`read_unit(source, unit)` with text cleaned and the source's filters applied."""
-    filters = source.spec.filters
+    """`read_unit(source, unit)` with text cleaned and the source's filters applied, then
+    turned into a conversation where the source has a `prompt`."""
+    filters, prompt = source.spec.filters, source.spec.prompt
     for item in read_unit(source, unit):
         if isinstance(item, Reject):
             yield item
@@ -165,6 +168,8 @@ def read_clean(source, unit: str) -> Iterator[Sample | Reject]:
         try:
             sample = clean_sample(item)
             failed = check_filters(sample, filters)
+            if prompt is not None and not failed:
+                sample = as_conversation(sample, prompt)
         except RecordRejected as err:
             yield source.reject(locator, err.reason, err.message)
             continue

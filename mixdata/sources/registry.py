@@ -29,6 +29,7 @@ class Format:
     adapter: str                 # "module:Class"
     image_key: str | None = None  # how its records name images under images_root, if they do
     by_record: bool = False       # offers record_sample(record, id, locator): readable via hf
+    kind: str | None = None       # the Sample kind of every record, where it is one kind
 
 
 FORMATS: dict[str, Format] = {
@@ -38,17 +39,20 @@ FORMATS: dict[str, Format] = {
     "mmc4": Format(InterleavedOptions, "mixdata.sources.interleaved:Mmc4Source", "name"),
     "wds-interleaved": Format(SourceOptions, "mixdata.sources.interleaved:WdsInterleavedSource"),
     "img2dataset": Format(CaptionOptions, "mixdata.sources.caption:Img2DatasetSource", "name",
-                          by_record=True),
-    "cc3m-tsv": Format(CaptionOptions, "mixdata.sources.caption:TsvCaptionSource", "name"),
-    "cc12m-tsv": Format(CaptionOptions, "mixdata.sources.caption:TsvCaptionSource", "name"),
+                          by_record=True, kind="caption"),
+    "cc3m-tsv": Format(CaptionOptions, "mixdata.sources.caption:TsvCaptionSource", "name",
+                       kind="caption"),
+    "cc12m-tsv": Format(CaptionOptions, "mixdata.sources.caption:TsvCaptionSource", "name",
+                        kind="caption"),
     "laion-parquet": Format(CaptionOptions, "mixdata.sources.caption:UrlParquetSource", "name",
-                            by_record=True),
-    "datacomp-parquet": Format(CaptionOptions, "mixdata.sources.caption:UrlParquetSource", "name"),
-    "pdfa-wds": Format(PdfOptions, "mixdata.sources.pdf:PdfWdsSource"),
-    "idl-wds": Format(PdfOptions, "mixdata.sources.pdf:PdfWdsSource"),
-    "pdf": Format(PdfOptions, "mixdata.sources.pdf:RawPdfSource"),
+                            by_record=True, kind="caption"),
+    "datacomp-parquet": Format(CaptionOptions, "mixdata.sources.caption:UrlParquetSource", "name",
+                               kind="caption"),
+    "pdfa-wds": Format(PdfOptions, "mixdata.sources.pdf:PdfWdsSource", kind="ocr"),
+    "idl-wds": Format(PdfOptions, "mixdata.sources.pdf:PdfWdsSource", kind="ocr"),
+    "pdf": Format(PdfOptions, "mixdata.sources.pdf:RawPdfSource", kind="ocr"),
     "renderedtext": Format(SourceOptions, "mixdata.sources.pdf:RenderedTextSource",
-                           by_record=True),
+                           by_record=True, kind="ocr"),
     "parquet-text": Format(TextOptions, "mixdata.sources.plaintext:ParquetTextSource",
                            by_record=True),
     "jsonl-text": Format(TextOptions, "mixdata.sources.plaintext:JsonlTextSource"),

@@ -76,10 +76,14 @@ class ModelSpec:
     connector: Literal["pixel_shuffle", "mlp", "perceiver"] | None = None  # None: the preset's
     perceiver_latents: int | None = None  # tokens per tile of the perceiver resampler
     attention: Literal["auto", "sdpa", "flex"] = "auto"
+    # scale of the vision tower's fixed sin-cos position code (`train.vision`); None: the preset's
+    vision_position: float | None = None
 
     def __post_init__(self) -> None:
         if self.perceiver_latents is not None and self.perceiver_latents <= 0:
             raise Invalid("perceiver_latents", self.perceiver_latents, "a positive integer")
+        if self.vision_position is not None and self.vision_position < 0:
+            raise Invalid("vision_position", self.vision_position, "a scale >= 0 (0: none)")
 
 
 @dataclass(frozen=True, kw_only=True)

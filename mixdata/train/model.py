@@ -65,7 +65,11 @@ def model_config(spec: ModelSpec, vocab_size: int) -> ModelConfig:
         connector = dataclasses.replace(connector, kind=spec.connector)
     if spec.perceiver_latents is not None:
         connector = dataclasses.replace(connector, latents=spec.perceiver_latents)
-    return dataclasses.replace(preset, connector=connector, attention=spec.attention,
+    vision = preset.vision
+    if spec.vision_position is not None:
+        vision = dataclasses.replace(vision, fixed_position=spec.vision_position)
+    return dataclasses.replace(preset, vision=vision, connector=connector,
+                               attention=spec.attention,
                                lm=dataclasses.replace(preset.lm, vocab_size=vocab_size))
 
 

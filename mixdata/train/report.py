@@ -81,6 +81,45 @@ def run_recipe(run_dir: Path):
     return saved, parse_recipe(saved["recipe"], file=saved.get("recipe_file"))
 
 
+def load_stage(run_dir: Path, stage: str):
+    """(recipe, tokenizer, model with the stage's final weights) of a run folder: what the
+    probes in tools/ read."""
+    from ..tokens import load_tokenizer
+    from .checkpoint import FINAL
+    from .config import parse_train
+
+    _, recipe = run_recipe(run_dir)
+    tokenizer = load_tokenizer(recipe.tokenizer)
+    return recipe, tokenizer, trained_model(parse_train(recipe), tokenizer,
+                                            run_dir / stage / FINAL)
+
+
+def open_probe(description: str, stage: str, limit: int, limit_help: str):
+    """The command line of a probe in tools/ (a run folder, `--stage`, `--limit`): (args,
+    recipe, tokenizer, the stage's model, the demo's eval folder). Errors exit as usage."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("run", type=Path, help="a run folder written by `mixdata train`")
+    parser.add_argument("--stage", default=stage, help="whose final weights to probe")
+    parser.add_argument("--limit", type=int, default=limit, help=limit_help)
+    args = parser.parse_args()
+    try:
+        recipe, tokenizer, model = load_stage(args.run, args.stage)
+    except MixdataError as err:
+        parser.error(str(err))
+    return args, recipe, tokenizer, model, Path(recipe.demo.ensure()) / "eval"
+
+
+def stage_setup(recipe, tokenizer, stage: str) -> EvalSetup:
+    """Eval rendering as stage `stage` saw its images, on the CPU."""
+    import torch
+
+    return EvalSetup(tokenizer=tokenizer, policy=recipe.stages[stage].image,
+                     tokens_per_tile=recipe.image_tokens_per_tile,
+                     seq_len=recipe.stage_seq_len(stage), device=torch.device("cpu"))
+
+
 def trained_model(config, tokenizer, weights: Path):
     """The built-in VLM of `config` with a stage's saved weights, in eval mode."""
     from .checkpoint import load_weights
