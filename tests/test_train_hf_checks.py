@@ -40,6 +40,8 @@ def test_real_model_specs_parse_and_errors_name_their_keys():
     assert composed == ComposedModelSpec(vision="/v", lm="/l", vision_layer=-2,
                                          connector=ConnectorSpec(kind="perceiver", latents=32))
     assert parsed("tiny").model_label == "tiny" and not parsed("tiny").real_model
+    tuned = parsed({"preset": "tiny", "vision_position": 0.5})
+    assert tuned.model_label == "tiny (vision_position 0.5)"
     for model, key, expected in [
             ({"hf": 3}, "train.model.hf", "a string"),
             ({"hf": "/m", "attention": "fast"}, "train.model.attention", "sdpa"),

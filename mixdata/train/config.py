@@ -85,6 +85,14 @@ class ModelSpec:
         if self.vision_position is not None and self.vision_position < 0:
             raise Invalid("vision_position", self.vision_position, "a scale >= 0 (0: none)")
 
+    @property
+    def label(self) -> str:
+        """The preset, with the overrides the recipe sets: `tiny (vision_position 0.5)`."""
+        overrides = [f"{name} {value}" for name, value in
+                     (("connector", self.connector), ("perceiver_latents", self.perceiver_latents),
+                      ("vision_position", self.vision_position)) if value is not None]
+        return f"{self.preset} ({', '.join(overrides)})" if overrides else self.preset
+
 
 @dataclass(frozen=True, kw_only=True)
 class Trainable:
@@ -209,7 +217,7 @@ class TrainConfig:
 
     @property
     def model_label(self) -> str:
-        return self.model.label if self.real_model else self.model_spec.preset
+        return self.model.label if self.real_model else self.model_spec.label
 
     def stage(self, name: str) -> StageTrain:
         return self.stages.get(name, StageTrain())
