@@ -42,11 +42,31 @@ def test_each_layout_targets_the_code_first_and_the_gap_sits_before_it():
     assert int(np.nonzero(answer.loss)[0][0]) > first + len(TOKENIZER.encode("What number"))
 
 
+class _NextTokenOracle(torch.nn.Module):
+    """Predicts each next input token, except that it never says `7`: its hits are known."""
+
+    def image_features(self, pixels):
+        return torch.zeros(pixels.shape[0], 16, 8)
+
+    def forward(self, input_ids, *args, image_features=None):
+        following = torch.roll(input_ids, -1, dims=1)
+        following[following == TOKENIZER.encode("7")[0]] = 0
+        return torch.nn.functional.one_hot(following.long(), TOKENIZER.vocab_size).float()
+
+
 def test_digit_hits_are_one_bool_per_digit_and_follow_the_arg_max():
+    docs = [check.layout_doc(SETUP, _image(code), code, layout)
+            for code, layout in (("4071", "answer"), ("9382", "label+gap"), ("1777", "label"))]
+    oracle = _NextTokenOracle()
+    hits = check.digit_hits(oracle, SETUP, docs, 4)
+    assert hits.dtype == bool
+    assert hits.tolist() == [[True, True, False, True], [True] * 4, [True, False, False, False]]
+    # the eval's own count: arg-max hits among an answer's targets but its closing <|end|>
+    assert hits[:1].sum(1).tolist() == [right for *_, right in score_docs(oracle, SETUP, docs[:1])]
+
+
+def test_a_fresh_model_is_scored_without_error():
     torch.manual_seed(0)
     model = VLM(model_config(ModelSpec(preset="tiny"), TOKENIZER.vocab_size)).eval()
     docs = [check.layout_doc(SETUP, _image(code), code, "answer") for code in ("4071", "9382")]
-    hits = check.digit_hits(model, SETUP, docs, 4)
-    assert hits.shape == (2, 4) and hits.dtype == bool
-    # the eval's own count: arg-max hits among an answer's targets but its closing <|end|>
-    assert hits.sum(1).tolist() == [right for *_, right in score_docs(model, SETUP, docs)]
+    assert check.digit_hits(model, SETUP, docs, 4).shape == (2, 4)

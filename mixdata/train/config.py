@@ -76,7 +76,8 @@ class ModelSpec:
     connector: Literal["pixel_shuffle", "mlp", "perceiver"] | None = None  # None: the preset's
     perceiver_latents: int | None = None  # tokens per tile of the perceiver resampler
     attention: Literal["auto", "sdpa", "flex"] = "auto"
-    # scale of the vision tower's fixed sin-cos position code (`train.vision`); None: the preset's
+    # scale of the vision tower's fixed sin-cos position code (`mixdata.train.vision`); None:
+    # the preset's
     vision_position: float | None = None
 
     def __post_init__(self) -> None:

@@ -75,8 +75,8 @@ class VisionEncoder(nn.Module):
         learned = self.learned_positions(grid)
         if not self.config.fixed_position:
             return learned
-        fixed = sincos_positions(grid, self.config.dim, self.config.base_grid)
-        return learned + self.config.fixed_position * fixed.to(learned)
+        fixed = sincos_positions(grid, self.config.dim, self.config.base_grid, learned.device)
+        return learned + self.config.fixed_position * fixed.to(learned.dtype)
 
     def learned_positions(self, grid: int) -> torch.Tensor:
         base = self.config.base_grid
@@ -99,12 +99,14 @@ class VisionEncoder(nn.Module):
         return self.norm(x)
 
 
-@lru_cache(maxsize=8)
-def sincos_positions(grid: int, dim: int, base_grid: int) -> torch.Tensor:
+@lru_cache(maxsize=16)
+def sincos_positions(grid: int, dim: int, base_grid: int,
+                     device: torch.device | None = None) -> torch.Tensor:
     """[1, grid*grid, dim]: half the channels code a patch's row, half its column, as sin and
     cos of its centre (in base-grid patches, so any grid means the same place in the tile) at
     periods from 4 patches to 4 tiles, geometrically spaced (smooth: near patches get near
-    codes). Each channel has unit amplitude."""
+    codes). Each channel has unit amplitude. Cached per device, so a step does not rebuild or
+    copy it."""
     if dim % 4:
         raise ValueError(f"a 2-D sin-cos position code needs a dim divisible by 4, got {dim}")
     centres = (torch.arange(grid, dtype=torch.float64) + 0.5) * base_grid / grid
@@ -113,4 +115,5 @@ def sincos_positions(grid: int, dim: int, base_grid: int) -> torch.Tensor:
     axis = torch.cat([angles.sin(), angles.cos()], dim=1)              # [grid, dim/2]
     rows = axis[:, None, :].expand(grid, grid, -1)
     cols = axis[None, :, :].expand(grid, grid, -1)
-    return torch.cat([rows, cols], dim=-1).reshape(1, grid * grid, dim).float()
+    code = torch.cat([rows, cols], dim=-1).reshape(1, grid * grid, dim).float()
+    return code.to(device) if device is not None else code
