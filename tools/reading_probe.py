@@ -10,7 +10,9 @@ match every 25 steps, for each layout side by side in one run:
 - `token`: digits centred in the tile's second token row (y 24, `content.CODE_ROW`), so one
   glyph is one image token, one copy in the first tile;
 - `token-copies`: as `token`, with a copy of the code in every tile (`content.code_label`,
-  the demo corpus's labels).
+  the demo corpus's labels);
+- `token-rows`: as `token-copies`, with a copy in every token row of every tile (16 copies,
+  each with its own jitter): four times as many image tokens carry each digit.
 `--views first` keeps only the first tile (16 image tokens); `all` (default) keeps every view
 the policy makes (4 tiles and the global view of a 256 x 64 label: 80 image tokens).
 Documents are `<view marker> <16 image tokens> ... <start> d1 d2 d3 d4`, on a small synthetic
@@ -27,6 +29,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageChops
 
 from mixdata.demo import content
 from mixdata.demo.files import png_bytes
@@ -36,16 +39,28 @@ from mixdata.train.model import IGNORE, PRESETS, VLM
 
 VOCAB = 64
 DIGIT0, MARKER0, START = 0, 16, 40   # token ids: digits, one marker per view, transcript start
-LAYOUTS = {"boundary": (content.CODE_TILE // 2, False), "token": (content.CODE_ROW, False),
-           "token-copies": (content.CODE_ROW, True)}   # name: (digits' centre y, copies)
+TOKEN_ROWS = tuple(range(content.CODE_CELL // 2, content.CODE_TILE, content.CODE_CELL))
+# name: (each copy's digit centre y, one per token row in `token-rows`; copies in every tile)
+LAYOUTS = {"boundary": ((content.CODE_TILE // 2,), False),
+           "token": ((content.CODE_ROW,), False), "token-copies": ((content.CODE_ROW,), True),
+           "token-rows": (TOKEN_ROWS, True)}
 
 
-def views_of(code: str, rng: np.random.Generator, policy, views: str,
+def label_image(code: str, rng: np.random.Generator, rows: tuple[int, ...],
+                copies: bool) -> Image.Image:
+    """The label with `code` drawn at each digit centre height of `rows` (darkest ink wins)."""
+    image = None
+    for row in rows:
+        content.CODE_ROW = row   # digit_boxes reads it at draw time (run_layout restores it)
+        label = content.code_label(code, rng)
+        drawn = content.draw_code(*(label if copies else label[:1]))
+        image = drawn if image is None else ImageChops.darker(image, drawn)
+    return image
+
+
+def views_of(code: str, rng: np.random.Generator, policy, views: str, rows: tuple[int, ...],
              copies: bool) -> np.ndarray:
-    label = content.code_label(code, rng)
-    if not copies:
-        label = label[:1]
-    processed = process(png_bytes(content.draw_code(*label)), policy)
+    processed = process(png_bytes(label_image(code, rng, rows, copies)), policy)
     cut = cut_tiles(processed.data, processed.plan)
     return cut[:1] if views == "first" else cut
 
@@ -90,15 +105,13 @@ def scores(model, inputs, targets) -> tuple[float, float]:
 
 def run_layout(layout: str, args, policy) -> list[tuple[int, float, float]]:
     content_row = content.CODE_ROW
-    row, copies = LAYOUTS[layout]
-    content.CODE_ROW = row   # digit_boxes reads it at draw time
     try:
-        return train(args, policy, copies)
+        return train(args, policy, *LAYOUTS[layout])
     finally:
         content.CODE_ROW = content_row
 
 
-def train(args, policy, copies: bool) -> list[tuple[int, float, float]]:
+def train(args, policy, rows: tuple[int, ...], copies: bool) -> list[tuple[int, float, float]]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     preset = PRESETS["tiny"]
@@ -106,7 +119,8 @@ def train(args, policy, copies: bool) -> list[tuple[int, float, float]]:
     tokens = preset.tokens_per_tile(policy.tile)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (policy.mean, policy.std))
     held_out = [content.random_code(rng, for_eval=True) for _ in range(args.eval_codes)]
-    eval_batch = batch([(views_of(c, rng, policy, args.views, copies), c) for c in held_out],
+    eval_batch = batch([(views_of(c, rng, policy, args.views, rows, copies), c)
+                        for c in held_out],
                        tokens, mean, std)
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=0.0)
     curve = []
@@ -114,7 +128,7 @@ def train(args, policy, copies: bool) -> list[tuple[int, float, float]]:
         for group in optimizer.param_groups:   # linear warm-up, then constant
             group["lr"] = preset.lr * min(1.0, step / 20)
         codes = [content.random_code(rng) for _ in range(args.docs_per_step)]
-        inputs, targets = batch([(views_of(c, rng, policy, args.views, copies), c)
+        inputs, targets = batch([(views_of(c, rng, policy, args.views, rows, copies), c)
                                  for c in codes], tokens, mean, std)
         model.train()
         loss = F.cross_entropy(model(*inputs).flatten(0, 1), targets.flatten(),
