@@ -28,19 +28,22 @@ def test_codes_are_read_in_tiles_and_not_in_the_pretraining_view(policies):
     assert code_reader_accuracy(policies["pretrain"], seed=0) == pretrain[0]  # deterministic
 
 
-def test_each_tile_holds_a_copy_of_the_code_and_it_shrinks_4x_in_pretraining(policies):
+def test_each_tile_row_holds_a_copy_of_the_code_and_it_shrinks_4x_in_pretraining(policies):
     label = content.code_label("4071", np.random.default_rng(0))
-    assert [r.code for r in label] == ["4071"] * 4 and [r.tile for r in label] == [0, 1, 2, 3]
+    assert [r.code for r in label] == ["4071"] * 16
+    assert [(r.tile, r.row) for r in label] == [(t, r) for t in range(4) for r in range(4)]
     views, plan = code_views(label, policies["highres"])
     assert (plan.rows, plan.cols, plan.global_view) == (1, 4, "after")
     assert plan.resized_size == content.CODE_SIZE  # not rescaled: one source px per view px
-    for tile, render in enumerate(label):
+    for render in label:
         for box in content.digit_boxes(render):
             grey, (x0, y0, x1, y1) = code_window(views, plan, box, content.CODE_SIZE[0])
-            assert np.array_equal(grey, views[tile].astype(float).mean(axis=-1))  # its tile
+            assert np.array_equal(grey, views[render.tile].astype(float).mean(axis=-1))
             assert (x1 - x0, y1 - y0) == (box[2] - box[0], box[3] - box[1])
-        assert views[tile].min() < 100  # ink in every tile
-    for stage in ("highres", "sft"):  # the same views in both high-res stages
+    for tile in range(4):
+        for row in range(4):  # ink in every token row of every tile
+            assert views[tile, 16 * row:16 * (row + 1)].min() < 100
+    for stage in ("read", "highres", "sft"):  # the same views in every high-res stage
         again, _ = code_views(label, policies[stage])
         assert np.array_equal(again, views)
     small, plan = code_views(label, policies["pretrain"])
@@ -66,22 +69,24 @@ def test_each_digit_is_inside_its_box_and_its_cell():
 
 
 def test_one_glyph_is_one_image_token_of_the_tiny_model():
-    """Every digit's ink, at every extreme of its jitter, lies inside one image token's cell
-    of the tiny model (patch x pixel shuffle px square), in the tile's second token row: the
-    layout that makes the codes learnable in a few hundred steps (tools/reading_probe.py)."""
+    """Every digit's ink, at every extreme of its jitter and in every token row of the tile,
+    lies inside one image token's cell of the tiny model (patch x pixel shuffle px square):
+    the layout that makes the codes learnable in a few dozen steps (tools/reading_probe.py)."""
     from mixdata.train.model import PRESETS
 
     tiny = PRESETS["tiny"]
     token = tiny.vision.patch * tiny.connector.factor
-    assert token == content.CODE_CELL
-    row = content.CODE_ROW // token
+    assert token == content.CODE_CELL and content.CODE_ROWS * token == content.CODE_TILE
     jitter_x, jitter_y = content.CODE_JITTER
     for digit in content.DIGITS:
         for shift in ((-jitter_x, -jitter_y), (jitter_x, jitter_y), (-jitter_x, jitter_y),
                       (jitter_x, -jitter_y)):
-            for index in range(content.CODE_LENGTH):   # the digit alone, in cell `index`
-                code = "".join(digit if i == index else " " for i in range(content.CODE_LENGTH))
-                render = content.CodeRender(code, (shift,) * content.CODE_LENGTH)
-                ink = np.argwhere(np.asarray(content.draw_code(render)).mean(axis=-1) < 128)
-                cells = {(int(y) // token, int(x) // token) for y, x in ink}
-                assert len(ink) > 10 and cells == {(row, index)}, (digit, shift, index)
+            for row in range(content.CODE_ROWS):
+                for index in range(content.CODE_LENGTH):   # the digit alone, in cell `index`
+                    code = "".join(digit if i == index else " "
+                                   for i in range(content.CODE_LENGTH))
+                    render = content.CodeRender(code, (shift,) * content.CODE_LENGTH, row=row)
+                    grey = np.asarray(content.draw_code(render)).mean(axis=-1)
+                    ink = np.argwhere(grey < 128)
+                    cells = {(int(y) // token, int(x) // token) for y, x in ink}
+                    assert len(ink) > 10 and cells == {(row, index)}, (digit, shift, row, index)

@@ -229,10 +229,12 @@ def test_every_shipped_recipe_validates(path, capsys):
 
 def test_demo_recipe_stages_and_shares():
     recipe = load_recipe(RECIPES[[p.stem for p in RECIPES].index("demo")])
-    assert list(recipe.stages) == ["pretrain", "highres", "sft"]
+    assert list(recipe.stages) == ["pretrain", "read", "highres", "sft"]
     pretrain = recipe.stages["pretrain"].shares()
     text = pretrain["fineweb"] + pretrain["dolma"]
     assert (pretrain["obelics"], pretrain["laion"], text) == pytest.approx((0.45, 0.45, 0.10))
+    assert recipe.stages["read"].shares() == {"renderedtext": 1.0}
+    assert recipe.stages["read"].image == recipe.stages["highres"].image
     assert recipe.stages["highres"].image.preset == "idefics3"
     assert any(isinstance(e, Relative) for e in recipe.stages["sft"].mixture.values())
     assert recipe.demo is not None

@@ -27,12 +27,12 @@ def tiny_recipe(tmp_path, monkeypatch):
     return path
 
 
-@pytest.mark.slow  # ~10-25 s: three builds, three stages, four evals
+@pytest.mark.slow  # ~15-30 s: four builds, four stages, five evals
 def test_train_runs_every_stage_then_eval_and_resume(tiny_recipe, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(tiny_recipe), "--out", str(run), "--device", "cpu", "--quiet",
                  "--workers", "1"]) == 0
-    stages = ["pretrain", "highres", "sft"]
+    stages = ["pretrain", "read", "highres", "sft"]
     for stage in stages:
         assert (tmp_path / "shards" / "demo" / stage / "manifest.json").exists()
         assert (run / stage / FINAL).exists()
@@ -48,7 +48,7 @@ def test_train_runs_every_stage_then_eval_and_resume(tiny_recipe, tmp_path, caps
     assert main(["train", str(tiny_recipe), "--out", str(run), "--device", "cpu"]) == 1
     assert "--resume" in capsys.readouterr().err
     assert main(["train", str(tiny_recipe), "--out", str(run), "--device", "cpu", "--resume"]) == 0
-    assert capsys.readouterr().out.count("finished earlier") == 3
+    assert capsys.readouterr().out.count("finished earlier") == 4
 
     (run / "eval.json").unlink()
     assert main(["eval", str(run), "--device", "cpu"]) == 0
@@ -61,16 +61,16 @@ def test_skip_changes_the_chain_and_the_eval_table(tiny_recipe, tmp_path, capsys
     common = ["--device", "cpu", "--quiet", "--workers", "1"]
     assert main(["train", str(tiny_recipe), "--out", str(full), *common]) == 0
     capsys.readouterr()
-    assert main(["train", str(tiny_recipe), "--out", str(ablation), "--skip", "highres",
-                 "--reuse", str(full), *common]) == 0
+    assert main(["train", str(tiny_recipe), "--out", str(ablation), "--skip", "read",
+                 "--skip", "highres", "--reuse", str(full), *common]) == 0
     out = capsys.readouterr().out
     assert f"stage pretrain: reused {full / 'pretrain' / FINAL}" in out
-    assert f"starting from {ablation / 'pretrain' / FINAL} (highres skipped)" in out
-    assert not (ablation / "highres").exists()
+    assert f"starting from {ablation / 'pretrain' / FINAL} (read, highres skipped)" in out
+    assert not (ablation / "read").exists() and not (ablation / "highres").exists()
     assert (ablation / "pretrain" / FINAL).read_bytes() == (full / "pretrain" / FINAL).read_bytes()
     assert load_file(ablation / "sft" / FINAL)["extra"]["started_from"] == "pretrain"
     saved = json.loads((ablation / "run.json").read_text())
-    assert (saved["stages"], saved["skipped"]) == (["pretrain", "sft"], ["highres"])
+    assert (saved["stages"], saved["skipped"]) == (["pretrain", "sft"], ["read", "highres"])
     table = json.loads((ablation / "eval.json").read_text())
     assert list(table) == ["pretrain", "sft"]
     assert table["sft"]["started_from"] == "pretrain"
@@ -81,10 +81,10 @@ def test_skip_changes_the_chain_and_the_eval_table(tiny_recipe, tmp_path, capsys
 
     # the same folder is not continued with another chain
     assert main(["train", str(tiny_recipe), "--out", str(ablation), "--resume", *common]) == 1
-    assert "skipped: highres" in capsys.readouterr().err
+    assert "skipped: read, highres" in capsys.readouterr().err
     assert main(["eval", str(full), str(ablation), "--saved"]) == 0
     side = capsys.readouterr().out
-    assert "pretrain > highres > sft" in side and "pretrain > sft" in side
+    assert "pretrain > read > highres > sft" in side and "pretrain > sft" in side
     assert "difference" in side
 
 

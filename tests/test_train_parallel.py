@@ -305,7 +305,7 @@ def test_parallel_section_parses_strictly():
         assert info.value.key == key and expected in info.value.expected, info.value
 
 
-@pytest.mark.slow  # ~50 s on 2 cores: three builds, three stages on 2 ranks, four evals
+@pytest.mark.slow  # ~50 s on 2 cores: four builds, four stages on 2 ranks, five evals
 def test_mixdata_train_under_torchrun_with_fsdp(tmp_path):
     """The CLI as a user runs it: torchrun, 2 gloo ranks on 127.0.0.1, FSDP2 + checkpointing;
     every stage hands whole weights to the next and is evaluated."""
@@ -329,7 +329,7 @@ def test_mixdata_train_under_torchrun_with_fsdp(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "starting from run/highres/final.pt" in done.stdout
     run = tmp_path / "run"
-    assert list(json.loads((run / "eval.json").read_text())) == ["pretrain", "highres", "sft"]
+    assert list(json.loads((run / "eval.json").read_text())) == ["pretrain", "read", "highres", "sft"]
     saved = load_file(run / "sft" / CHECKPOINT)
     assert saved["step"] == 2 and len(saved["loader"]) == 2
     weights = load_file(run / "sft" / "final.pt")["model"]

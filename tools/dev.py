@@ -3,7 +3,7 @@
 
   python3 tools/dev.py demo   create .venv if needed, install, then demo corpus -> build ->
                               train -> eval on the embedded demo, and the same recipe
-                              without its high-res stage, side by side (CPU, ~13 min)
+                              without its high-res stages, side by side (CPU, ~13 min)
   python3 tools/dev.py test   create .venv if needed, install, lint (ruff), run the test suite
 
 Uses only the standard library until the virtual environment exists.
@@ -50,9 +50,9 @@ def _run(cmd: list[str]) -> None:
 
 
 def demo(extra: list[str]) -> None:
-    """Demo corpus -> validate -> build 3 stages -> train 3 stages with an eval after each;
-    then the ablation without the high-res stage (SFT starts from pretrain, which is reused
-    from the first run), and both runs side by side. `extra` goes to both trainings."""
+    """Demo corpus -> validate -> build 4 stages -> train 4 stages with an eval after each;
+    then the ablation without the two high-res stages, read and highres (SFT starts from
+    pretrain, which is reused from the first run), and both runs side by side. `extra` goes to both trainings."""
     ensure_env()
     mixdata = str(BIN / "mixdata")
     _run([mixdata, "demo"])
@@ -60,7 +60,7 @@ def demo(extra: list[str]) -> None:
     _run([mixdata, "build", "recipes/demo.yaml", "--stage", "all"])
     _run([mixdata, "train", "recipes/demo.yaml", "--out", "runs/demo", *extra])
     _run([mixdata, "train", "recipes/demo.yaml", "--out", "runs/demo-no-highres",
-          "--skip", "highres", "--reuse", "runs/demo", *extra])
+          "--skip", "read", "--skip", "highres", "--reuse", "runs/demo", *extra])
     _run([mixdata, "eval", "runs/demo", "runs/demo-no-highres", "--saved"])
 
 

@@ -7,12 +7,12 @@ match every 25 steps, for each layout side by side in one run:
 - `boundary`: digits centred on the tile (y 32), so each digit straddles two image tokens
   (the tiny model's token is a 16 x 16 px cell: patch 8, pixel shuffle 2), one copy of the
   code, in the first tile;
-- `token`: digits centred in the tile's second token row (y 24, `content.CODE_ROW`), so one
-  glyph is one image token, one copy in the first tile;
-- `token-copies`: as `token`, with a copy of the code in every tile (`content.code_label`,
-  the demo corpus's labels);
-- `token-rows`: as `token-copies`, with a copy in every token row of every tile (16 copies,
-  each with its own jitter): four times as many image tokens carry each digit.
+- `token`: digits centred in the tile's second token row (y 24), so one glyph is one image
+  token, one copy in the first tile;
+- `token-copies`: as `token`, with a copy of the code in every tile;
+- `token-rows`: a copy in every token row of every tile (16 copies, each with its own
+  jitter; `content.code_label`, the demo corpus's labels since corpus v5): four times as many
+  image tokens carry each digit.
 `--views first` keeps only the first tile (16 image tokens); `all` (default) keeps every view
 the policy makes (4 tiles and the global view of a 256 x 64 label: 80 image tokens).
 Documents are `<view marker> <16 image tokens> ... <start> d1 d2 d3 d4`, on a small synthetic
@@ -29,7 +29,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageChops
 
 from mixdata.demo import content
 from mixdata.demo.files import png_bytes
@@ -39,28 +38,16 @@ from mixdata.train.model import IGNORE, PRESETS, VLM
 
 VOCAB = 64
 DIGIT0, MARKER0, START = 0, 16, 40   # token ids: digits, one marker per view, transcript start
-TOKEN_ROWS = tuple(range(content.CODE_CELL // 2, content.CODE_TILE, content.CODE_CELL))
-# name: (each copy's digit centre y, one per token row in `token-rows`; copies in every tile)
-LAYOUTS = {"boundary": ((content.CODE_TILE // 2,), False),
-           "token": ((content.CODE_ROW,), False), "token-copies": ((content.CODE_ROW,), True),
-           "token-rows": (TOKEN_ROWS, True)}
+# name: (the first token row's digit centre y, which of `content.code_label`'s renders to draw)
+LAYOUTS = {"boundary": (content.CODE_TILE // 2, lambda r: r.tile == 0 and r.row == 0),
+           "token": (content.CODE_ROW, lambda r: r.tile == 0 and r.row == 1),
+           "token-copies": (content.CODE_ROW, lambda r: r.row == 1),
+           "token-rows": (content.CODE_ROW, lambda r: True)}
 
 
-def label_image(code: str, rng: np.random.Generator, rows: tuple[int, ...],
-                copies: bool) -> Image.Image:
-    """The label with `code` drawn at each digit centre height of `rows` (darkest ink wins)."""
-    image = None
-    for row in rows:
-        content.CODE_ROW = row   # digit_boxes reads it at draw time (run_layout restores it)
-        label = content.code_label(code, rng)
-        drawn = content.draw_code(*(label if copies else label[:1]))
-        image = drawn if image is None else ImageChops.darker(image, drawn)
-    return image
-
-
-def views_of(code: str, rng: np.random.Generator, policy, views: str, rows: tuple[int, ...],
-             copies: bool) -> np.ndarray:
-    processed = process(png_bytes(label_image(code, rng, rows, copies)), policy)
+def views_of(code: str, rng: np.random.Generator, policy, views: str, keep) -> np.ndarray:
+    label = [render for render in content.code_label(code, rng) if keep(render)]
+    processed = process(png_bytes(content.draw_code(*label)), policy)
     cut = cut_tiles(processed.data, processed.plan)
     return cut[:1] if views == "first" else cut
 
@@ -105,13 +92,15 @@ def scores(model, inputs, targets) -> tuple[float, float]:
 
 def run_layout(layout: str, args, policy) -> list[tuple[int, float, float]]:
     content_row = content.CODE_ROW
+    first_row, keep = LAYOUTS[layout]
+    content.CODE_ROW = first_row   # digit_boxes reads it at draw time
     try:
-        return train(args, policy, *LAYOUTS[layout])
+        return train(args, policy, keep)
     finally:
         content.CODE_ROW = content_row
 
 
-def train(args, policy, rows: tuple[int, ...], copies: bool) -> list[tuple[int, float, float]]:
+def train(args, policy, keep) -> list[tuple[int, float, float]]:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     preset = PRESETS["tiny"]
@@ -119,7 +108,7 @@ def train(args, policy, rows: tuple[int, ...], copies: bool) -> list[tuple[int, 
     tokens = preset.tokens_per_tile(policy.tile)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (policy.mean, policy.std))
     held_out = [content.random_code(rng, for_eval=True) for _ in range(args.eval_codes)]
-    eval_batch = batch([(views_of(c, rng, policy, args.views, rows, copies), c)
+    eval_batch = batch([(views_of(c, rng, policy, args.views, keep), c)
                         for c in held_out],
                        tokens, mean, std)
     optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=0.0)
@@ -128,7 +117,7 @@ def train(args, policy, rows: tuple[int, ...], copies: bool) -> list[tuple[int, 
         for group in optimizer.param_groups:   # linear warm-up, then constant
             group["lr"] = preset.lr * min(1.0, step / 20)
         codes = [content.random_code(rng) for _ in range(args.docs_per_step)]
-        inputs, targets = batch([(views_of(c, rng, policy, args.views, rows, copies), c)
+        inputs, targets = batch([(views_of(c, rng, policy, args.views, keep), c)
                                  for c in codes], tokens, mean, std)
         model.train()
         loss = F.cross_entropy(model(*inputs).flatten(0, 1), targets.flatten(),

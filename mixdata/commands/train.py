@@ -17,8 +17,9 @@ def register(sub) -> None:
                     "each one started from). RUN/run.json records the recipe, the seed and "
                     "the stages trained. Multi-GPU: torchrun --nproc_per_node N -m mixdata.cli "
                     "train RECIPE.",
-        epilog="Ablation, e.g. what the high-res stage adds: mixdata train recipes/demo.yaml "
-               "--out runs/demo-no-highres --skip highres --reuse runs/demo (SFT then starts "
+        epilog="Ablation, e.g. what the demo's two high-res stages add: mixdata train "
+               "recipes/demo.yaml --out runs/demo-no-highres --skip read --skip highres "
+               "--reuse runs/demo (SFT then starts "
                "from pretrain, and pretrain is copied from runs/demo instead of retrained).")
     parser.add_argument("recipe", help="path to a recipe YAML file")
     parser.add_argument("--stage", default="all",

@@ -5,7 +5,7 @@ corpus is reproducible. The content is deliberately small and regular, so that a
 trained for minutes on a CPU can learn it and its eval scores mean something:
 - scenes: 1-3 shapes (6 colours x 4 shapes) at distinct positions on a 64x64 canvas;
 - text: short sentences from a ~50-word vocabulary that also names the colours and shapes;
-- codes: four digits ~14 px high in each 64 px of a 256 px label, readable only when
+- codes: four digits ~14 px high in each row of each 64 px of a 256 px label, readable only when
   the label is kept at full resolution (a high-res stage's tiles), not in the pre-training
   view.
 
@@ -159,21 +159,23 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-# OCR codes: 4-digit codes, the demo's reading task, printed in each 64 px tile of a 256 x 64
-# label (a 16 px cell per digit; `code_label`). The high-res stages keep the label at its
-# size, so a copy of the code fills each tile and each digit (~12 x 14 px) is sharp;
-# pre-training's one 64 px view shrinks the label 4x (each digit ~3 x 4 px, a blur).
-# `mixdata.demo.legibility` measures both.
-# Each digit sits in one 16 x 16 px cell of the tile's second row (y 16-32), which is exactly
-# what one image token of the tiny model sees (patch 8, pixel shuffle 2): one glyph, one token.
-# A digit straddling two tokens, as when the code was centred on the tile (y 32), left the
-# model at chance for 600 high-res steps; one per token it reads within ~250 (measured with a
-# from-scratch probe of the tiny model on these labels).
+# OCR codes: 4-digit codes, the demo's reading task, printed in every token row of each 64 px
+# tile of a 256 x 64 label (a 16 px cell per digit; `code_label`): 16 copies. The high-res
+# stages keep the label at its size, so each digit (~12 x 14 px) is sharp; pre-training's one
+# 64 px view shrinks the label 4x (each digit ~3 x 4 px, a blur). `mixdata.demo.legibility`
+# measures both.
+# Each digit sits in one 16 x 16 px cell, which is exactly what one image token of the tiny
+# model sees (patch 8, pixel shuffle 2): one glyph, one token. A digit straddling two tokens,
+# as when the code was centred on the tile (y 32), left the model at chance for 600 high-res
+# steps. How many tokens carry a digit sets how soon a fresh model starts to read
+# (tools/reading_probe.py, 300 steps): one copy in the first tile, not by step 300; a copy
+# per tile (in its second row), ~200-275 steps; a copy in every row, 50-75 steps in each seed.
 DIGITS = "0123456789"
 CODE_LENGTH = 4
 CODE_CELL = 16    # px per digit: one image token's width
-CODE_TILE = 64    # one copy of the code per tile of this size
-CODE_ROW = 24     # y of the digits' centres: the middle of the tile's second token row
+CODE_TILE = 64    # copies of the code per tile of this size: one per token row
+CODE_ROW = 8      # y of the first row's digit centres: the middle of a tile's first token row
+CODE_ROWS = CODE_TILE // CODE_CELL
 CODE_SIZE = (4 * CODE_TILE, CODE_TILE)
 CODE_FONT = 20
 CODE_JITTER = (2, 1)   # px a digit's centre moves from its cell's centre, each way (x, y)
@@ -191,6 +193,8 @@ class CodeRender:
     code: str
     shifts: tuple[tuple[int, int], ...]
     tile: int = 0  # which 64 px tile of the label holds it
+    row: int = 0   # which token row of the tile
+
     @property
     def key(self) -> str:
         return f"code:{self.code}"
@@ -203,11 +207,11 @@ def random_code(rng: np.random.Generator, *, for_eval: bool = False) -> str:
             return code
 
 
-def code_render(code: str, rng: np.random.Generator, tile: int = 0) -> CodeRender:
-    """`code` in tile `tile` with each digit at a random shift."""
+def code_render(code: str, rng: np.random.Generator, tile: int = 0, row: int = 0) -> CodeRender:
+    """`code` in row `row` of tile `tile`, each digit at a random shift."""
     x = rng.integers(-CODE_JITTER[0], CODE_JITTER[0] + 1, size=len(code))
     y = rng.integers(-CODE_JITTER[1], CODE_JITTER[1] + 1, size=len(code))
-    return CodeRender(code, tuple((int(a), int(b)) for a, b in zip(x, y)), tile)
+    return CodeRender(code, tuple((int(a), int(b)) for a, b in zip(x, y)), tile, row)
 
 
 def digit_boxes(render: CodeRender) -> list[tuple[int, int, int, int]]:
@@ -216,13 +220,13 @@ def digit_boxes(render: CodeRender) -> list[tuple[int, int, int, int]]:
     for index, (digit, (dx, dy)) in enumerate(zip(render.code, render.shifts)):
         x0, y0, x1, y1 = font(CODE_FONT).getbbox(digit)
         left = render.tile * CODE_TILE + index * CODE_CELL + CODE_CELL // 2 + dx - (x0 + x1) // 2
-        top = CODE_ROW + dy - (y0 + y1) // 2
+        top = CODE_ROW + render.row * CODE_CELL + dy - (y0 + y1) // 2
         out.append((left + x0, top + y0, left + x1, top + y1))
     return out
 
 
 def draw_code(*renders: CodeRender) -> Image.Image:
-    """A label holding each of `renders` (a code per tile at most)."""
+    """A label holding each of `renders` (a code per row of a tile at most)."""
     image = Image.new("RGB", CODE_SIZE, PAPER)
     draw = ImageDraw.Draw(image)
     for render in renders:
@@ -232,13 +236,14 @@ def draw_code(*renders: CodeRender) -> Image.Image:
     return image
 
 
-def code_label(code: str, rng: np.random.Generator) -> list[CodeRender]:
-    """`code` printed once in every 64 px tile of the label, each copy with its own jitter.
+def code_label(code: str, rng: np.random.Generator, rows: int = CODE_ROWS) -> list[CodeRender]:
+    """`code` printed in the first `rows` token rows of every 64 px tile of the label, each copy
+    with its own jitter, tile by tile.
 
-    One copy in the first tile and three blank tiles left the code's 16 image tokens among
-    80 (four tiles and the global view), and a fresh tiny model had not started to read after
-    375 steps; with a copy in every tile it reads after ~175 (tools/reading_probe.py)."""
-    return [code_render(code, rng, tile) for tile in range(CODE_SIZE[0] // CODE_TILE)]
+    The more of the label's 80 image tokens (four tiles and the global view) carry a digit,
+    the sooner a fresh model finds them (the comment above `DIGITS`)."""
+    return [code_render(code, rng, tile, row) for tile in range(CODE_SIZE[0] // CODE_TILE)
+            for row in range(rows)]
 
 
 def random_code_label(rng: np.random.Generator, *, for_eval: bool = False) -> list[CodeRender]:

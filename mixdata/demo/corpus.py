@@ -23,9 +23,10 @@ from ..errors import MixdataError
 from . import evalset, ocr, pretrain, sft
 from .files import SEED, KindReport, rng_for
 
-VERSION = 4  # 2: OCR digit codes instead of words and sentences in RenderedText; 3: one
+VERSION = 5  # 2: OCR digit codes instead of words and sentences in RenderedText; 3: one
              # digit per image token (`content.CODE_ROW`), a copy of the code per tile;
-             # 4: eval VQA rows name their question kind
+             # 4: eval VQA rows name their question kind; 5: the code in every token
+             # row of each tile (`content.CODE_ROWS`)
 MANIFEST = "MANIFEST.json"
 GENERATOR = "mixdata.demo"
 MIN_RECORDS = 8  # per kind at tiny scales: room for the malformed records and some good ones

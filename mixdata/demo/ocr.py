@@ -77,8 +77,8 @@ def write_pdf(root: Path, count: int, rng: np.random.Generator) -> KindReport:
 def write_renderedtext(root: Path, count: int, rng: np.random.Generator) -> KindReport:
     """`renderedtext/renderedtext-NNNN.tar`, `RENDEREDTEXT_PER_TAR` records each: `KEY.png`
     + `KEY.json` holding `{"ocr_annotation": {"text": [code, ...]}}`: a training-split
-    code printed in each 64 px tile (`content.code_label`), transcribed once per copy as
-    RenderedText lists each word: the demo's reading lesson."""
+    code printed in each token row of each 64 px tile (`content.code_label`), transcribed
+    once per tile as RenderedText lists each word: the demo's reading lesson."""
     report = KindReport()
     defects = broken_slots(rng, count, ["image_broken", "missing_field"])
     for index, tar in tar_shards(root / "renderedtext", "renderedtext-{:04d}.tar", count,
@@ -86,7 +86,7 @@ def write_renderedtext(root: Path, count: int, rng: np.random.Generator) -> Kind
         key, defect = f"{index:07d}", defects.get(index)
         label = content.random_code_label(rng)
         image = png_bytes(content.draw_code(*label))
-        annotation = {"ocr_annotation": {"text": [r.code for r in label]},
+        annotation = {"ocr_annotation": {"text": [r.code for r in label if r.row == 0]},
                       "image_size": list(content.CODE_SIZE)}
         if defect == "image_broken":
             image = broken_image(rng)
