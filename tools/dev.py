@@ -52,7 +52,8 @@ def _run(cmd: list[str]) -> None:
 def demo(extra: list[str]) -> None:
     """Demo corpus -> validate -> build 4 stages -> train 4 stages with an eval after each;
     then the ablation without the two high-res stages, read and highres (SFT starts from
-    pretrain, which is reused from the first run), and both runs side by side. `extra` goes to both trainings."""
+    pretrain, which is reused from the first run), and both runs side by side. `extra` goes
+    to both trainings."""
     ensure_env()
     mixdata = str(BIN / "mixdata")
     _run([mixdata, "demo"])
