@@ -21,3 +21,20 @@ def test_every_one_shape_caption_round_trips_and_two_shape_ones_are_skipped():
         assert all(truth[a] in values for a, values in probe.VALUES.items())
     pair = tuple(content.Item(position_rank=r, colour="red", shape="circle") for r in (0, 1))
     assert probe.one_shape(content.describe(pair)) is None
+
+
+
+def test_training_renders_are_new_images_of_training_split_one_shape_scenes():
+    import io
+
+    from PIL import Image
+
+    place = {phrase: name for name, phrase in content.PLACE_PHRASES.items()}
+    renders = probe.training_renders(12)
+    assert len(renders) == 12
+    for image, truth in renders:
+        rank = content.POSITIONS.index(place[truth["position"]])
+        scene = (content.Item(position_rank=rank, colour=truth["colour"], shape=truth["shape"]),)
+        assert not content.held_out(content.scene_key(scene))
+        assert Image.open(io.BytesIO(image)).size == (content.SCENE_SIDE, content.SCENE_SIDE)
+    assert len({probe.caption_of(truth) for _, truth in renders}) > 1

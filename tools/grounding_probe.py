@@ -10,16 +10,21 @@ Held-out scenes are whole combinations that no training file holds (`content.hel
 one-shape eval scene's colour, shape and position never appeared together in training. A
 model that sees the colour and recalls which shapes and places went with it in training is
 therefore *below* chance on shape and position, which this probe shows and caption loss
-alone does not.
+alone does not. The probe therefore also scores new renders of one-shape *training* scenes,
+where no recall of combinations can help or hurt.
 
     PYTHONPATH=. .venv/bin/python tools/grounding_probe.py runs/demo --stage pretrain
 """
 from __future__ import annotations
 
+import numpy as np
+
 from mixdata.demo import content
+from mixdata.demo.files import png_bytes
 from mixdata.train.evaluate import EvalSetup, read_split, render_example, score_docs
 from mixdata.train.report import open_probe, stage_setup
 
+RENDER_SEED = 7  # of the new training-split renders
 VALUES = {"colour": tuple(content.COLOURS), "shape": content.SHAPES,
           "position": tuple(content.PLACE_PHRASES.values())}
 
@@ -48,15 +53,32 @@ def attribute_accuracy(model, setup: EvalSetup, image: bytes, truth: dict[str, s
 
 def main() -> None:
     args, recipe, tokenizer, model, root = open_probe(
-        __doc__.splitlines()[0], "pretrain", 150, "one-shape captions at most")
+        __doc__.splitlines()[0], "pretrain", 150, "captions per set at most")
     rows = [(r, one_shape(r["caption"])) for r in read_split(root, "caption", None)]
-    rows = [(r, truth) for r, truth in rows if truth][:args.limit]
+    held = [((root / r["image"]).read_bytes(), truth) for r, truth in rows if truth][:args.limit]
     # captions are seen the way pre-training saw them
     setup = stage_setup(recipe, tokenizer, "pretrain")
-    print(f"{args.run}/{args.stage}: {len(rows)} held-out one-shape captions")
+    report(model, setup, f"{args.run}/{args.stage}: {len(held)} held-out one-shape captions",
+           held)
+    report(model, setup, f"{len(held)} new renders of one-shape training scenes",
+           training_renders(len(held)))
+
+
+def training_renders(count: int) -> list[tuple[bytes, dict[str, str]]]:
+    """One-shape scenes of the training split, drawn anew: combinations training saw, in
+    renders no file holds. Here recalling combinations cannot push an attribute below chance,
+    so what stays at chance is not seen at all."""
+    rng = np.random.default_rng(RENDER_SEED)
+    scenes = [content.random_scene(rng, 1) for _ in range(count)]
+    return [(png_bytes(content.draw_scene(s, rng)), one_shape(content.describe(s)))
+            for s in scenes]
+
+
+def report(model, setup: EvalSetup, title: str, rows) -> None:
+    print(title)
     for attribute, options in VALUES.items():
-        seen = sum(attribute_accuracy(model, setup, (root / r["image"]).read_bytes(), truth,
-                                      attribute) for r, truth in rows)
+        seen = sum(attribute_accuracy(model, setup, image, truth, attribute)
+                   for image, truth in rows)
         print(f"  {attribute:<9} {seen / len(rows):.3f}  (chance {1 / len(options):.3f})")
 
 
