@@ -23,7 +23,6 @@ def test_every_one_shape_caption_round_trips_and_two_shape_ones_are_skipped():
     assert probe.one_shape(content.describe(pair)) is None
 
 
-
 def test_training_renders_are_new_images_of_training_split_one_shape_scenes():
     import io
 

@@ -10,8 +10,8 @@ Held-out scenes are whole combinations that no training file holds (`content.hel
 one-shape eval scene's colour, shape and position never appeared together in training. A
 model that sees the colour and recalls which shapes and places went with it in training is
 therefore *below* chance on shape and position, which this probe shows and caption loss
-alone does not. The probe therefore also scores new renders of one-shape *training* scenes,
-where no recall of combinations can help or hurt.
+alone does not. So the probe also scores new renders of one-shape *training* scenes, where
+recalling combinations can neither help nor hurt.
 
     PYTHONPATH=. .venv/bin/python tools/grounding_probe.py runs/demo --stage pretrain
 """
