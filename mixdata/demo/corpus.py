@@ -23,10 +23,11 @@ from ..errors import MixdataError
 from . import evalset, ocr, pretrain, sft
 from .files import SEED, KindReport, rng_for
 
-VERSION = 5  # 2: OCR digit codes instead of words and sentences in RenderedText; 3: one
+VERSION = 6  # 2: OCR digit codes instead of words and sentences in RenderedText; 3: one
              # digit per image token (`content.CODE_ROW`), a copy of the code per tile;
              # 4: eval VQA rows name their question kind; 5: the code in every token
-             # row of each tile (`content.CODE_ROWS`)
+             # row of each tile (`content.CODE_ROWS`); 6: 4-5x the SFT records, so the
+             # SFT stage's 400 steps see each about once (they saw ~1,000 scenes 5 times)
 MANIFEST = "MANIFEST.json"
 GENERATOR = "mixdata.demo"
 MIN_RECORDS = 8  # per kind at tiny scales: room for the malformed records and some good ones
@@ -50,14 +51,14 @@ KINDS: dict[str, Kind] = {
     "pdfa": Kind(ocr.write_pdfa, 40, "pdfa/pdfa-eng-train-*.tar"),
     "pdf": Kind(ocr.write_pdf, 20, "pdf/*.pdf"),
     "renderedtext": Kind(ocr.write_renderedtext, 3000, "renderedtext/renderedtext-*.tar"),
-    "cauldron_scenes": Kind(partial(sft.write_cauldron, category="scenes"), 400,
+    "cauldron_scenes": Kind(partial(sft.write_cauldron, category="scenes"), 2000,
                             "sft/cauldron/scenes-*.parquet"),
-    "cauldron_ocr": Kind(partial(sft.write_cauldron, category="ocr"), 40,
+    "cauldron_ocr": Kind(partial(sft.write_cauldron, category="ocr"), 160,
                          "sft/cauldron/ocr-*.parquet"),
-    "cauldron_counting": Kind(partial(sft.write_cauldron, category="counting"), 100,
+    "cauldron_counting": Kind(partial(sft.write_cauldron, category="counting"), 400,
                               "sft/cauldron/counting-*.parquet"),
-    "llava": Kind(sft.write_llava, 500, "sft/llava.json"),
-    "chat": Kind(sft.write_chat, 300, "sft/chat.jsonl"),
+    "llava": Kind(sft.write_llava, 2000, "sft/llava.json"),
+    "chat": Kind(sft.write_chat, 1200, "sft/chat.jsonl"),
     # eval: N held-out scenes (a caption and two VQA questions each) and N OCR words
     "eval": Kind(lambda root, n, rng: evalset.write_eval(root, n, n, rng), 100, "eval/*.jsonl"),
 }
