@@ -37,3 +37,8 @@ def test_training_renders_are_new_images_of_training_split_one_shape_scenes():
         assert not content.held_out(content.scene_key(scene))
         assert Image.open(io.BytesIO(image)).size == (content.SCENE_SIDE, content.SCENE_SIDE)
     assert len({probe.caption_of(truth) for _, truth in renders}) > 1
+
+
+def test_report_of_an_empty_set_says_so_instead_of_dividing_by_zero(capsys):
+    probe.report(model=None, setup=None, title="0 captions", rows=[])
+    assert "nothing to score" in capsys.readouterr().out

@@ -76,6 +76,9 @@ def training_renders(count: int) -> list[tuple[bytes, dict[str, str]]]:
 
 def report(model, setup: EvalSetup, title: str, rows) -> None:
     print(title)
+    if not rows:
+        print("  nothing to score: the eval split holds no one-shape captions")
+        return
     for attribute, options in VALUES.items():
         seen = sum(attribute_accuracy(model, setup, image, truth, attribute)
                    for image, truth in rows)

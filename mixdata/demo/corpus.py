@@ -27,7 +27,7 @@ VERSION = 6  # 2: OCR digit codes instead of words and sentences in RenderedText
              # digit per image token (`content.CODE_ROW`), a copy of the code per tile;
              # 4: eval VQA rows name their question kind; 5: the code in every token
              # row of each tile (`content.CODE_ROWS`); 6: 4-5x the SFT records, so the
-             # SFT stage's 400 steps see each about once (they saw ~1,000 scenes 5 times)
+             # SFT stage reads each about twice (at v5 it read ~1,000 scenes 5 times)
 MANIFEST = "MANIFEST.json"
 GENERATOR = "mixdata.demo"
 MIN_RECORDS = 8  # per kind at tiny scales: room for the malformed records and some good ones
