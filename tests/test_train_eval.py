@@ -160,3 +160,27 @@ def test_table_and_json(tmp_path):
     lines = format_table(json.loads((tmp_path / "eval.json").read_text())).splitlines()
     assert lines[-2] == "VQA accuracy by question kind (chance):"
     assert lines[-1].split() == ["sft", "colour", "1.000", "(0.17)", "shape", "0.500", "(0.25)"]
+
+
+def test_untrained_model_is_the_seeded_initial_weights_and_trained_model_loads_saved_ones(
+        tmp_path):
+    from mixdata.recipe import parse_recipe
+    from mixdata.train.checkpoint import save_weights
+    from mixdata.train.config import parse_train
+    from mixdata.train.report import trained_model, untrained_model
+
+    recipe = parse_recipe({"name": "r", "seq_len": 64, "image_tokens_per_tile": 16,
+                           "sources": {"t": {"format": "jsonl-text", "uri": "/none/*.jsonl"}},
+                           "stages": {"pretrain": {"mixture": {"t": 1}}},
+                           "train": {"model": "tiny"}}, file="r.yaml")
+    config, tokenizer = parse_train(recipe), load_tokenizer("bytes")
+    first, again = untrained_model(config, tokenizer), untrained_model(config, tokenizer)
+    other = untrained_model(config, tokenizer, seed=1)
+    weights = {name: p.detach().clone() for name, p in first.state_dict().items()}
+    assert not first.training
+    assert all(torch.equal(weights[name], p) for name, p in again.state_dict().items())
+    assert any(not torch.equal(weights[name], p) for name, p in other.state_dict().items())
+    saved = tmp_path / "final.pt"
+    save_weights(saved, other)
+    loaded = trained_model(config, tokenizer, saved)
+    assert all(torch.equal(p, other.state_dict()[name]) for name, p in loaded.state_dict().items())

@@ -10,6 +10,10 @@ attribute is fitted on most of them and scored on the rest, from two places:
 An attribute the probe reads but the caption probe does not is in the tokens and unused by
 the LM; one the probe cannot read is lost before the LM.
 
+The same probe of the model at its initial weights (seed 0) is printed first: random
+features of a 64 px render already hold much of what a linear probe can read, so a stage's
+score means something only against that baseline.
+
     PYTHONPATH=. .venv/bin/python tools/feature_probe.py runs/demo --stage pretrain
 """
 from __future__ import annotations
@@ -19,7 +23,8 @@ import torch
 
 from mixdata.demo import content
 from mixdata.loading import normalize_pixels
-from mixdata.train.report import open_probe, stage_setup
+from mixdata.train.config import parse_train
+from mixdata.train.report import open_probe, stage_setup, untrained_model
 
 RENDER_SEED = 3
 TEST_SHARE = 0.2
@@ -79,14 +84,17 @@ def main() -> None:
     args, recipe, tokenizer, model, _ = open_probe(__doc__.splitlines()[0], "pretrain", 1900,
                                                    "renders (80% fit, 20% scored)")
     images, labels = renders(args.limit)
-    encoded = features(model, stage_setup(recipe, tokenizer, args.stage), images)
-    print(f"{args.run}/{args.stage}: {args.limit} one-shape training renders, "
-          f"{TEST_SHARE:.0%} held back")
-    for place, x in encoded.items():
-        scores = "  ".join(f"{name} {linear_probe(x, labels[name], len(values)):.3f} "
-                           f"(chance {1 / len(values):.3f})"
-                           for name, values in ATTRIBUTES.items())
-        print(f"  {place:<17} {scores}")
+    setup = stage_setup(recipe, tokenizer, args.stage)
+    untrained = untrained_model(parse_train(recipe), tokenizer)
+    print(f"{args.limit} one-shape training renders, {TEST_SHARE:.0%} held back")
+    for title, probed in (("untrained (initial weights)", untrained),
+                          (f"{args.run}/{args.stage}", model)):
+        print(title)
+        for place, x in features(probed, setup, images).items():
+            scores = "  ".join(f"{name} {linear_probe(x, labels[name], len(values)):.3f} "
+                               f"(chance {1 / len(values):.3f})"
+                               for name, values in ATTRIBUTES.items())
+            print(f"  {place:<17} {scores}")
 
 
 if __name__ == "__main__":

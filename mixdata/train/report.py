@@ -120,17 +120,24 @@ def stage_setup(recipe, tokenizer, stage: str) -> EvalSetup:
                      seq_len=recipe.stage_seq_len(stage), device=torch.device("cpu"))
 
 
+def untrained_model(config, tokenizer, seed: int = 0):
+    """The built-in VLM of `config` at its initial weights for `seed`, in eval mode: what a
+    probe of trained weights is measured against."""
+    from .model import model_config
+    from .stage import init_model
+
+    return init_model(model_config(config.model_spec, tokenizer.vocab_size), seed=seed).eval()
+
+
 def trained_model(config, tokenizer, weights: Path):
     """The built-in VLM of `config` with a stage's saved weights, in eval mode."""
     from .checkpoint import load_weights
-    from .model import model_config
-    from .stage import init_model
 
     if not weights.exists():
         raise MixdataError(f"no weights at {weights}: that stage has not finished; train it "
                            f"(mixdata train RECIPE --out {weights.parent.parent}) or pick "
                            f"another stage")
-    model = init_model(model_config(config.model_spec, tokenizer.vocab_size), seed=0)
+    model = untrained_model(config, tokenizer)
     load_weights(weights, model)
     return model.eval()
 
