@@ -184,3 +184,26 @@ def test_untrained_model_is_the_seeded_initial_weights_and_trained_model_loads_s
     save_weights(saved, other)
     loaded = trained_model(config, tokenizer, saved)
     assert all(torch.equal(p, other.state_dict()[name]) for name, p in loaded.state_dict().items())
+
+
+def test_initial_seed_is_the_first_trained_stage_seed_of_the_run(tmp_path):
+    from mixdata.recipe import parse_recipe
+    from mixdata.train.config import parse_train
+    from mixdata.train.lineage import stage_chain, stage_seeds
+    from mixdata.train.model import model_config
+    from mixdata.train.report import initial_seed
+    from mixdata.train.run import _write_run_file
+
+    recipe = parse_recipe({"name": "r", "seq_len": 64, "image_tokens_per_tile": 16,
+                           "sources": {"t": {"format": "jsonl-text", "uri": "/none/*.jsonl"}},
+                           "stages": {name: {"mixture": {"t": 1}}
+                                      for name in ("pretrain", "highres", "sft")},
+                           "train": {"model": "tiny"}}, file="r.yaml")
+    config = parse_train(recipe)
+    model = model_config(config.model_spec, load_tokenizer("bytes").vocab_size)
+    for skip, first_seed in (((), 3), (("pretrain",), 9)):
+        chain = stage_chain(list(recipe.stages), skip)
+        run = tmp_path / f"skip-{len(skip)}"
+        seeds = stage_seeds(chain, 3, {"highres": 9})
+        _write_run_file(run, recipe, config, model, chain, 3, seeds)
+        assert initial_seed(run) == first_seed

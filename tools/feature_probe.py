@@ -10,9 +10,9 @@ attribute is fitted on most of them and scored on the rest, from two places:
 An attribute the probe reads but the caption probe does not is in the tokens and unused by
 the LM; one the probe cannot read is lost before the LM.
 
-The same probe of the model at its initial weights (seed 0) is printed first: random
-features of a 64 px render already hold much of what a linear probe can read, so a stage's
-score means something only against that baseline.
+The same probe of the model at the run's initial weights (its first stage's seed) is
+printed first: random features of a 64 px render already hold much of what a linear probe
+can read, so a stage's score means something only against that baseline.
 
     PYTHONPATH=. .venv/bin/python tools/feature_probe.py runs/demo --stage pretrain
 """
@@ -24,7 +24,7 @@ import torch
 from mixdata.demo import content
 from mixdata.loading import normalize_pixels
 from mixdata.train.config import parse_train
-from mixdata.train.report import open_probe, stage_setup, untrained_model
+from mixdata.train.report import initial_seed, open_probe, stage_setup, untrained_model
 
 RENDER_SEED = 3
 TEST_SHARE = 0.2
@@ -85,7 +85,7 @@ def main() -> None:
                                                    "renders (80% fit, 20% scored)")
     images, labels = renders(args.limit)
     setup = stage_setup(recipe, tokenizer, args.stage)
-    untrained = untrained_model(parse_train(recipe), tokenizer)
+    untrained = untrained_model(parse_train(recipe), tokenizer, seed=initial_seed(args.run))
     print(f"{args.limit} one-shape training renders, {TEST_SHARE:.0%} held back")
     for title, probed in (("untrained (initial weights)", untrained),
                           (f"{args.run}/{args.stage}", model)):

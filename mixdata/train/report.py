@@ -81,6 +81,15 @@ def run_recipe(run_dir: Path):
     return saved, parse_recipe(saved["recipe"], file=saved.get("recipe_file"))
 
 
+def initial_seed(run_dir: Path) -> int:
+    """The seed a run folder's first stage drew its initial weights from."""
+    from .lineage import saved_seeds
+
+    saved, recipe = run_recipe(run_dir)
+    chain = saved_chain(saved, list(recipe.stages))
+    return saved_seeds(saved, chain)[chain.stages[0]]
+
+
 def load_stage(run_dir: Path, stage: str):
     """(recipe, tokenizer, model with the stage's final weights) of a run folder: what the
     probes in tools/ read."""
