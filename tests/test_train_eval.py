@@ -162,18 +162,22 @@ def test_table_and_json(tmp_path):
     assert lines[-1].split() == ["sft", "colour", "1.000", "(0.17)", "shape", "0.500", "(0.25)"]
 
 
+def tiny_text_recipe(*stages: str):
+    """A recipe with the tiny model and one text source per stage; nothing is read from it."""
+    from mixdata.recipe import parse_recipe
+
+    return parse_recipe({"name": "r", "seq_len": 64, "image_tokens_per_tile": 16,
+                         "sources": {"t": {"format": "jsonl-text", "uri": "/none/*.jsonl"}},
+                         "stages": {name: {"mixture": {"t": 1}} for name in stages},
+                         "train": {"model": "tiny"}}, file="r.yaml")
+
 def test_untrained_model_is_the_seeded_initial_weights_and_trained_model_loads_saved_ones(
         tmp_path):
-    from mixdata.recipe import parse_recipe
     from mixdata.train.checkpoint import save_weights
     from mixdata.train.config import parse_train
     from mixdata.train.report import trained_model, untrained_model
 
-    recipe = parse_recipe({"name": "r", "seq_len": 64, "image_tokens_per_tile": 16,
-                           "sources": {"t": {"format": "jsonl-text", "uri": "/none/*.jsonl"}},
-                           "stages": {"pretrain": {"mixture": {"t": 1}}},
-                           "train": {"model": "tiny"}}, file="r.yaml")
-    config, tokenizer = parse_train(recipe), load_tokenizer("bytes")
+    config, tokenizer = parse_train(tiny_text_recipe("pretrain")), load_tokenizer("bytes")
     first, again = untrained_model(config, tokenizer), untrained_model(config, tokenizer)
     other = untrained_model(config, tokenizer, seed=1)
     weights = {name: p.detach().clone() for name, p in first.state_dict().items()}
@@ -183,22 +187,18 @@ def test_untrained_model_is_the_seeded_initial_weights_and_trained_model_loads_s
     saved = tmp_path / "final.pt"
     save_weights(saved, other)
     loaded = trained_model(config, tokenizer, saved)
+    assert not loaded.training
     assert all(torch.equal(p, other.state_dict()[name]) for name, p in loaded.state_dict().items())
 
 
 def test_initial_seed_is_the_first_trained_stage_seed_of_the_run(tmp_path):
-    from mixdata.recipe import parse_recipe
     from mixdata.train.config import parse_train
     from mixdata.train.lineage import stage_chain, stage_seeds
     from mixdata.train.model import model_config
     from mixdata.train.report import initial_seed
     from mixdata.train.run import _write_run_file
 
-    recipe = parse_recipe({"name": "r", "seq_len": 64, "image_tokens_per_tile": 16,
-                           "sources": {"t": {"format": "jsonl-text", "uri": "/none/*.jsonl"}},
-                           "stages": {name: {"mixture": {"t": 1}}
-                                      for name in ("pretrain", "highres", "sft")},
-                           "train": {"model": "tiny"}}, file="r.yaml")
+    recipe = tiny_text_recipe("pretrain", "highres", "sft")
     config = parse_train(recipe)
     model = model_config(config.model_spec, load_tokenizer("bytes").vocab_size)
     for skip, first_seed in (((), 3), (("pretrain",), 9)):

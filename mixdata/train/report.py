@@ -148,7 +148,7 @@ def trained_model(config, tokenizer, weights: Path):
                            f"another stage")
     model = untrained_model(config, tokenizer)
     load_weights(weights, model)
-    return model.eval()
+    return model
 
 
 def _run_file(run_dir: Path) -> dict:
