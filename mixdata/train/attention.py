@@ -8,7 +8,11 @@ Backends, chosen once per batch by `document_mask`:
 - `flex`: `torch.nn.attention.flex_attention` with a block mask built from `doc_ids`. On CUDA
   it is compiled, so masked-out blocks are skipped instead of computed: the fast path.
 - `sdpa`: `scaled_dot_product_attention` with a dense boolean mask [B, 1, L, L]; the CPU
-  fallback, and what `auto` picks where flex is unavailable.
+  fallback, and what `auto` picks where flex is unavailable. The queries go in chunks of
+  `QUERY_CHUNK`, each against the keys from the start of its first token's document only
+  (the earliest over the batch's rows) up to its last token: the keys before that start and
+  after that end are masked for every query of the chunk, so skipping them changes nothing
+  but the time. On the demo's packed rows this halves attention's time on CPU.
 """
 from __future__ import annotations
 
@@ -45,6 +49,11 @@ class DocumentMask:
     backend: str
     dense: torch.Tensor | None = None     # sdpa: bool [B, 1, L, L], True = may attend
     block: BlockMask | None = None      # flex
+    # sdpa: (first query, end query, first key) of each query chunk; its keys end at its end
+    chunks: tuple[tuple[int, int, int], ...] = ()
+
+
+QUERY_CHUNK = 64
 
 
 def dense_document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
@@ -55,9 +64,25 @@ def dense_document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal)[:, None]
 
 
+def document_starts(doc_ids: torch.Tensor) -> torch.Tensor:
+    """long [B, L]: the position where token t's document (or run of padding) begins."""
+    positions = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
+    begins = torch.ones_like(doc_ids, dtype=torch.bool)
+    begins[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return torch.where(begins, positions, 0).cummax(dim=1).values
+
+
+def query_chunks(doc_ids: torch.Tensor, size: int = QUERY_CHUNK) -> tuple[tuple[int, int, int], ...]:
+    """(q0, q1, k0) per chunk of `size` queries: no query in q0..q1 may attend to a key before
+    k0, where the document of token q0 begins (documents are contiguous and in order)."""
+    length = doc_ids.shape[1]
+    firsts = document_starts(doc_ids)[:, ::size].amin(dim=0).tolist()  # one host sync a batch
+    return tuple((q0, min(q0 + size, length), k0) for q0, k0 in zip(range(0, length, size), firsts))
+
+
 def document_mask(doc_ids: torch.Tensor, backend: str) -> DocumentMask:
     if backend == "sdpa":
-        return DocumentMask("sdpa", dense=dense_document_mask(doc_ids))
+        return DocumentMask("sdpa", dense=dense_document_mask(doc_ids), chunks=query_chunks(doc_ids))
     batch, length = doc_ids.shape
 
     def same_doc_causal(b, h, q, k):
@@ -81,9 +106,18 @@ def _compiled_flex():
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask) -> torch.Tensor:
     """q, k, v: [B, heads, L, head_dim] -> [B, heads, L, head_dim]."""
     if mask.backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense)
+        return _chunked_sdpa(q, k, v, mask)
     if not q.is_cuda and torch.is_grad_enabled() and q.requires_grad:
         raise RuntimeError("attention 'flex' has no backward pass on CPU in torch; train with "
                            "attention 'auto' or 'sdpa' there (flex on CPU is for inference)")
     kernel = _compiled_flex() if q.is_cuda else flex_attention
     return kernel(q, k, v, block_mask=mask.block)
+
+
+def _chunked_sdpa(q, k, v, mask: DocumentMask) -> torch.Tensor:
+    if len(mask.chunks) <= 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense)
+    parts = [F.scaled_dot_product_attention(q[:, :, q0:q1], k[:, :, k0:q1], v[:, :, k0:q1],
+                                            attn_mask=mask.dense[:, :, q0:q1, k0:q1])
+             for q0, q1, k0 in mask.chunks]
+    return torch.cat(parts, dim=2)
