@@ -54,6 +54,8 @@ def test_full_stage_section_parses():
 
 @pytest.mark.parametrize("train, key, expected", [
     ({"model": "huge"}, "train.model", "tiny"),
+    ({"model": {"preset": "tiny", "lm_layers": 0}}, "train.model.lm_layers", "positive integer"),
+    ({"model": {"preset": "tiny", "lm_dim": 190}}, "train.model.lm_dim", "a multiple of 8"),
     ({"stages": {"sft": {"trainable": {"lm": "half"}}}}, "train.stages.sft.trainable.lm", "lora"),
     ({"stages": {"sft": {"lrr": 1}}}, "train.stages.sft.lrr", "no such key"),
     ({"stages": {"finetune": {}}}, "train.stages.finetune", "a stage defined under stages"),

@@ -249,3 +249,13 @@ def test_span_width_mismatch_is_an_error():
     batch = collate_rows([[make_doc(np.random.default_rng(6), 12, images=1)]])
     with pytest.raises(MixdataError, match="makes 16 tokens per tile"):
         forward(model.eval(), batch)
+
+
+def test_lm_overrides_resize_the_language_model_and_name_a_bad_width():
+    spec = ModelSpec(preset="tiny", lm_dim=192, lm_layers=3, lm_ffn=512)
+    config = model_config(spec, 300)
+    assert (config.lm.dim, config.lm.layers, config.lm.ffn) == (192, 3, 512)
+    assert config.vision == model_config(ModelSpec(preset="tiny"), 300).vision
+    model = VLM(config)
+    assert len(model.lm.blocks) == 3 and model.lm.embed.weight.shape == (300, 192)
+    assert spec.label == "tiny (lm_dim 192, lm_layers 3, lm_ffn 512)"

@@ -2,7 +2,7 @@
 
 ```yaml
 train:
-  model: tiny                     # a preset, or {preset: tiny, connector: perceiver, ...}
+  model: tiny                     # a preset, or {preset: tiny, connector: perceiver, lm_dim: 192, ...}
   micro_batch: 8                  # sequences per forward pass, per rank
   checkpoint_every: 100           # optimizer steps between checkpoints
   parallel:                       # how torchrun's ranks share the model (defaults shown)
@@ -79,19 +79,32 @@ class ModelSpec:
     # scale of the vision tower's fixed sin-cos position code (`mixdata.train.vision`); None:
     # the preset's
     vision_position: float | None = None
+    # the language model's width, depth and SwiGLU hidden size; None: the preset's
+    lm_dim: int | None = None
+    lm_layers: int | None = None
+    lm_ffn: int | None = None
 
     def __post_init__(self) -> None:
-        if self.perceiver_latents is not None and self.perceiver_latents <= 0:
-            raise Invalid("perceiver_latents", self.perceiver_latents, "a positive integer")
+        for key in ("perceiver_latents", "lm_dim", "lm_layers", "lm_ffn"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise Invalid(key, value, "a positive integer")
+        if self.lm_dim is not None:
+            from .model import PRESETS  # here, not at the top: model.py imports this module
+            heads = PRESETS[self.preset].lm.heads
+            if self.lm_dim % (2 * heads):
+                raise Invalid("lm_dim", self.lm_dim, f"a multiple of {2 * heads} (the {self.preset} "
+                              f"preset's {heads} heads, each of an even size for its rotary code)")
         if self.vision_position is not None and self.vision_position < 0:
             raise Invalid("vision_position", self.vision_position, "a scale >= 0 (0: none)")
 
     @property
     def label(self) -> str:
         """The preset, with the overrides the recipe sets: `tiny (vision_position 0.5)`."""
-        overrides = [f"{name} {value}" for name, value in
-                     (("connector", self.connector), ("perceiver_latents", self.perceiver_latents),
-                      ("vision_position", self.vision_position)) if value is not None]
+        names = ("connector", "perceiver_latents", "vision_position", "lm_dim", "lm_layers",
+                 "lm_ffn")
+        overrides = [f"{name} {getattr(self, name)}" for name in names
+                     if getattr(self, name) is not None]
         return f"{self.preset} ({', '.join(overrides)})" if overrides else self.preset
 
 

@@ -68,9 +68,12 @@ def model_config(spec: ModelSpec, vocab_size: int) -> ModelConfig:
     vision = preset.vision
     if spec.vision_position is not None:
         vision = dataclasses.replace(vision, fixed_position=spec.vision_position)
+    lm = dataclasses.replace(preset.lm, vocab_size=vocab_size)
+    for field, value in (("dim", spec.lm_dim), ("layers", spec.lm_layers), ("ffn", spec.lm_ffn)):
+        if value is not None:
+            lm = dataclasses.replace(lm, **{field: value})
     return dataclasses.replace(preset, vision=vision, connector=connector,
-                               attention=spec.attention,
-                               lm=dataclasses.replace(preset.lm, vocab_size=vocab_size))
+                               attention=spec.attention, lm=lm)
 
 
 def check_tokens_per_tile(config: ModelConfig, tile: int, expected: int, where: str) -> None:
