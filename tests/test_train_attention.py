@@ -4,8 +4,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixdata.train.attention import (attend, dense_document_mask, document_mask,
-                                     document_starts, query_chunks)
+from mixdata.train.attention import (
+    attend,
+    dense_document_mask,
+    document_mask,
+    document_starts,
+    query_chunks,
+)
 
 
 @st.composite

@@ -72,7 +72,10 @@ def document_starts(doc_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(begins, positions, 0).cummax(dim=1).values
 
 
-def query_chunks(doc_ids: torch.Tensor, size: int = QUERY_CHUNK) -> tuple[tuple[int, int, int], ...]:
+Chunks = tuple[tuple[int, int, int], ...]
+
+
+def query_chunks(doc_ids: torch.Tensor, size: int = QUERY_CHUNK) -> Chunks:
     """(q0, q1, k0) per chunk of `size` queries: no query in q0..q1 may attend to a key before
     k0, where the document of token q0 begins (documents are contiguous and in order)."""
     length = doc_ids.shape[1]
@@ -82,7 +85,8 @@ def query_chunks(doc_ids: torch.Tensor, size: int = QUERY_CHUNK) -> tuple[tuple[
 
 def document_mask(doc_ids: torch.Tensor, backend: str) -> DocumentMask:
     if backend == "sdpa":
-        return DocumentMask("sdpa", dense=dense_document_mask(doc_ids), chunks=query_chunks(doc_ids))
+        return DocumentMask("sdpa", dense=dense_document_mask(doc_ids),
+                            chunks=query_chunks(doc_ids))
     batch, length = doc_ids.shape
 
     def same_doc_causal(b, h, q, k):

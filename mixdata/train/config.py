@@ -2,7 +2,7 @@
 
 ```yaml
 train:
-  model: tiny                     # a preset, or {preset: tiny, connector: perceiver, lm_dim: 192, ...}
+  model: tiny                     # a preset, or {preset: tiny, lm_dim: 192, connector: mlp, ...}
   micro_batch: 8                  # sequences per forward pass, per rank
   checkpoint_every: 100           # optimizer steps between checkpoints
   parallel:                       # how torchrun's ranks share the model (defaults shown)
@@ -93,8 +93,9 @@ class ModelSpec:
             from .model import PRESETS  # here, not at the top: model.py imports this module
             heads = PRESETS[self.preset].lm.heads
             if self.lm_dim % (2 * heads):
-                raise Invalid("lm_dim", self.lm_dim, f"a multiple of {2 * heads} (the {self.preset} "
-                              f"preset's {heads} heads, each of an even size for its rotary code)")
+                raise Invalid("lm_dim", self.lm_dim,
+                              f"a multiple of {2 * heads} (the {self.preset} preset's {heads} "
+                              "heads, each of an even size for its rotary code)")
         if self.vision_position is not None and self.vision_position < 0:
             raise Invalid("vision_position", self.vision_position, "a scale >= 0 (0: none)")
 
