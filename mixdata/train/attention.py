@@ -86,7 +86,7 @@ def query_chunks(doc_ids: torch.Tensor, size: int = QUERY_CHUNK) -> Chunks:
 def document_mask(doc_ids: torch.Tensor, backend: str) -> DocumentMask:
     if backend == "sdpa":
         return DocumentMask("sdpa", dense=dense_document_mask(doc_ids),
-                            chunks=query_chunks(doc_ids))
+                            chunks=query_chunks(doc_ids, QUERY_CHUNK))
     batch, length = doc_ids.shape
 
     def same_doc_causal(b, h, q, k):
