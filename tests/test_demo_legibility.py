@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from mixdata.demo import content
 from mixdata.demo.legibility import code_reader_accuracy, code_views, code_window
@@ -90,3 +91,16 @@ def test_one_glyph_is_one_image_token_of_the_tiny_model():
                     ink = np.argwhere(grey < 128)
                     cells = {(int(y) // token, int(x) // token) for y, x in ink}
                     assert len(ink) > 10 and cells == {(row, index)}, (digit, shift, row, index)
+
+
+def test_pasted_glyphs_are_the_pixels_pillow_draws_for_the_text():
+    rng = np.random.default_rng(5)
+    label = content.random_code_label(rng)
+    drawn = Image.new("RGB", content.CODE_SIZE, content.PAPER)
+    pen = ImageDraw.Draw(drawn)
+    face = content.font(content.CODE_FONT)
+    for render in label:
+        for digit, box in zip(render.code, content.digit_boxes(render)):
+            x0, y0, _, _ = face.getbbox(digit)
+            pen.text((box[0] - x0, box[1] - y0), digit, fill=content.CODE_INK, font=face)
+    assert content.draw_code(*label).tobytes() == drawn.tobytes()

@@ -228,12 +228,20 @@ def digit_boxes(render: CodeRender) -> list[tuple[int, int, int, int]]:
 def draw_code(*renders: CodeRender) -> Image.Image:
     """A label holding each of `renders` (a code per row of a tile at most)."""
     image = Image.new("RGB", CODE_SIZE, PAPER)
-    draw = ImageDraw.Draw(image)
     for render in renders:
         for digit, box in zip(render.code, digit_boxes(render)):
-            x0, y0, _, _ = font(CODE_FONT).getbbox(digit)
-            draw.text((box[0] - x0, box[1] - y0), digit, fill=CODE_INK, font=font(CODE_FONT))
+            image.paste(CODE_INK, box[:2], _glyph(digit))
     return image
+
+
+@cache
+def _glyph(digit: str) -> Image.Image:
+    # The digit's coverage mask, drawn once: pasting it with the ink gives the same pixels as
+    # drawing the text at an integer position, at a third of the time (a label is 64 digits).
+    x0, y0, x1, y1 = font(CODE_FONT).getbbox(digit)
+    mask = Image.new("L", (x1 - x0, y1 - y0), 0)
+    ImageDraw.Draw(mask).text((-x0, -y0), digit, fill=255, font=font(CODE_FONT))
+    return mask
 
 
 def code_label(code: str, rng: np.random.Generator, rows: int = CODE_ROWS) -> list[CodeRender]:
