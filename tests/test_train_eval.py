@@ -171,6 +171,7 @@ def tiny_text_recipe(*stages: str):
                          "stages": {name: {"mixture": {"t": 1}} for name in stages},
                          "train": {"model": "tiny"}}, file="r.yaml")
 
+
 def test_untrained_model_is_the_seeded_initial_weights_and_trained_model_loads_saved_ones(
         tmp_path):
     from mixdata.train.checkpoint import save_weights

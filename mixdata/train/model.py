@@ -68,10 +68,9 @@ def model_config(spec: ModelSpec, vocab_size: int) -> ModelConfig:
     vision = preset.vision
     if spec.vision_position is not None:
         vision = dataclasses.replace(vision, fixed_position=spec.vision_position)
-    lm = dataclasses.replace(preset.lm, vocab_size=vocab_size)
-    for field, value in (("dim", spec.lm_dim), ("layers", spec.lm_layers), ("ffn", spec.lm_ffn)):
-        if value is not None:
-            lm = dataclasses.replace(lm, **{field: value})
+    sizes = {"dim": spec.lm_dim, "layers": spec.lm_layers, "ffn": spec.lm_ffn}
+    overrides = {field: value for field, value in sizes.items() if value is not None}
+    lm = dataclasses.replace(preset.lm, vocab_size=vocab_size, **overrides)
     return dataclasses.replace(preset, vision=vision, connector=connector,
                                attention=spec.attention, lm=lm)
 
